@@ -1,0 +1,326 @@
+"""GPU and host figures for the console, as immutable snapshots.
+
+A pure library in the manner of nvitop: `TelemetrySampler.sample()` never raises for a missing
+GPU, driver or metric. Whatever the hardware cannot report is `None` (shown as "N/A"), and a
+machine without NVML gets an explanation in `Telemetry.gpu_unavailable_reason`.
+
+    sampler = TelemetrySampler()
+    t = sampler.sample()          # call about once a second from the UI's own timer
+    ...
+    sampler.close()
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import psutil
+
+__all__ = [
+    "GpuSnapshot",
+    "HostSnapshot",
+    "Telemetry",
+    "TelemetrySampler",
+    "fmt_or_na",
+    "format_bytes",
+    "sample_gpus",
+    "sample_host",
+]
+
+
+@dataclass(frozen=True)
+class GpuSnapshot:
+    index: int
+    name: str | None
+    utilization_pct: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    temperature_c: float | None
+    power_w: float | None
+    power_limit_w: float | None
+    # This process's PyTorch caching-allocator figures; None when it has not touched this GPU.
+    torch_allocated_bytes: int | None = None
+    torch_reserved_bytes: int | None = None
+    torch_peak_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    cpu_percent: float | None
+    ram_used_bytes: int | None
+    ram_total_bytes: int | None
+    process_rss_bytes: int | None
+    process_cpu_percent: float | None
+    workers: int | None  # child processes: the DataLoader workers
+    workers_rss_bytes: int | None
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    time: float  # time.time() when sampled
+    gpus: tuple[GpuSnapshot, ...]
+    gpu_unavailable_reason: str | None
+    host: HostSnapshot
+
+
+def format_bytes(n: int | float | None) -> str:
+    """`1536` -> "1.5 KiB"; None -> "N/A"."""
+    if n is None:
+        return "N/A"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def fmt_or_na(value: Any, fmt: str = "{}") -> str:
+    """`fmt.format(value)`, or "N/A" for a metric that could not be read."""
+    return "N/A" if value is None else fmt.format(value)
+
+
+class TelemetrySampler:
+    """Takes snapshots of every NVML GPU and of this process and its host.
+
+    `nvml` is the `pynvml` module (imported lazily when None); `torch_cuda` is `torch.cuda`
+    (likewise). Tests pass stand-ins for hardware that is absent; the code path is the same.
+    """
+
+    def __init__(self, nvml: Any = None, torch_cuda: Any = None) -> None:
+        self._nvml = nvml
+        self._torch_cuda = torch_cuda
+        self._nvml_ready = False
+        self._gpu_reason: str | None = None
+        self._device_count = 0
+        self._torch_to_nvml: dict[int, int] | None = None
+        self._process = psutil.Process()
+        # psutil's percentages are "since the previous call": prime them so the first real
+        # sample covers the time since the sampler was made, without blocking.
+        psutil.cpu_percent(interval=None)
+        self._process.cpu_percent(interval=None)
+
+    # -- GPUs ----------------------------------------------------------------------------------
+
+    def _init_nvml(self) -> None:
+        if self._nvml_ready or self._gpu_reason is not None:
+            return
+        if self._nvml is None:
+            try:
+                import pynvml
+            except ImportError as exc:
+                self._gpu_reason = f"NVML not available: {exc} (pip install nvidia-ml-py)"
+                return
+            self._nvml = pynvml
+        nvml = self._nvml
+        try:
+            nvml.nvmlInit()
+        except nvml.NVMLError as exc:
+            # Not retried every second: a missing library or driver does not appear mid-run.
+            self._gpu_reason = f"NVML not available: {exc}"
+            return
+        try:
+            self._device_count = int(nvml.nvmlDeviceGetCount())
+        except nvml.NVMLError as exc:
+            self._gpu_reason = f"NVML not available: {exc}"
+            self._shutdown_quietly()
+            return
+        if self._device_count == 0:
+            self._gpu_reason = "no NVIDIA GPU found"
+            self._shutdown_quietly()
+            return
+        self._nvml_ready = True
+
+    def _shutdown_quietly(self) -> None:
+        try:
+            self._nvml.nvmlShutdown()
+        except self._nvml.NVMLError:
+            pass
+
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError:
+            return None
+
+    def _gpu(self, index: int, torch_mem: tuple[int, int, int] | None) -> GpuSnapshot:
+        nvml = self._nvml
+        handle = self._read(nvml.nvmlDeviceGetHandleByIndex, index)
+        if handle is None:  # e.g. the GPU fell off the bus
+            nothing = (None,) * 7
+            return GpuSnapshot(index, *nothing, *(torch_mem or (None,) * 3))
+        name = self._read(nvml.nvmlDeviceGetName, handle)
+        if isinstance(name, bytes):  # older pynvml releases return bytes
+            name = name.decode(errors="replace")
+        util = self._read(nvml.nvmlDeviceGetUtilizationRates, handle)
+        mem = self._read(nvml.nvmlDeviceGetMemoryInfo, handle)
+        temp = self._read(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
+        power_mw = self._read(nvml.nvmlDeviceGetPowerUsage, handle)
+        limit_mw = self._read(nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+        return GpuSnapshot(
+            index=index,
+            name=name,
+            utilization_pct=None if util is None else float(util.gpu),
+            memory_used_bytes=None if mem is None else int(mem.used),
+            memory_total_bytes=None if mem is None else int(mem.total),
+            temperature_c=None if temp is None else float(temp),
+            power_w=None if power_mw is None else power_mw / 1000.0,
+            power_limit_w=None if limit_mw is None else limit_mw / 1000.0,
+            torch_allocated_bytes=None if torch_mem is None else torch_mem[0],
+            torch_reserved_bytes=None if torch_mem is None else torch_mem[1],
+            torch_peak_bytes=None if torch_mem is None else torch_mem[2],
+        )
+
+    def _nvml_uuid(self, index: int) -> str | None:
+        handle = self._read(self._nvml.nvmlDeviceGetHandleByIndex, index)
+        uuid = None if handle is None else self._read(self._nvml.nvmlDeviceGetUUID, handle)
+        if isinstance(uuid, bytes):
+            uuid = uuid.decode(errors="replace")
+        return uuid
+
+    def _torch_memory(self) -> dict[int, tuple[int, int, int]]:
+        """PyTorch allocator figures keyed by NVML index, only if this process already uses CUDA."""
+        if self._torch_cuda is None:
+            import torch
+
+            self._torch_cuda = torch.cuda
+        tc = self._torch_cuda
+        # is_initialized() first: the UI must never be the one that creates a CUDA context.
+        if not (tc.is_initialized() and tc.is_available()):
+            return {}
+        if self._torch_to_nvml is None:
+            self._torch_to_nvml = self._map_torch_to_nvml(tc)
+        return {
+            nv: (tc.memory_allocated(t), tc.memory_reserved(t), tc.max_memory_allocated(t))
+            for t, nv in self._torch_to_nvml.items()
+        }
+
+    def _map_torch_to_nvml(self, tc: Any) -> dict[int, int]:
+        # torch numbers the GPUs CUDA_VISIBLE_DEVICES leaves (in CUDA_DEVICE_ORDER, by default
+        # fastest first), NVML numbers every GPU by PCI bus, so index t in torch is not
+        # necessarily index t in NVML. The UUID identifies the device in both; where it is
+        # unavailable (old torch, MIG slices) fall back to matching by order.
+        nvml_uuids = {}
+        for nv in range(self._device_count):
+            uuid = self._nvml_uuid(nv)
+            if uuid:
+                nvml_uuids[uuid.removeprefix("GPU-").lower()] = nv
+        mapping = {}
+        for t in range(tc.device_count()):
+            try:
+                uuid = str(tc.get_device_properties(t).uuid).removeprefix("GPU-").lower()
+            except (AttributeError, RuntimeError):
+                uuid = ""
+            nv = nvml_uuids.get(uuid, t)
+            if nv < self._device_count:
+                mapping[t] = nv
+        return mapping
+
+    def sample_gpus(self) -> tuple[tuple[GpuSnapshot, ...], str | None]:
+        """(snapshots, None), or ((), reason) when NVML or a GPU is not there."""
+        self._init_nvml()
+        if not self._nvml_ready:
+            return (), self._gpu_reason
+        torch_mem = self._torch_memory()
+        return tuple(self._gpu(i, torch_mem.get(i)) for i in range(self._device_count)), None
+
+    # -- host ----------------------------------------------------------------------------------
+
+    def sample_host(self, worker_pids: Iterable[int] | None = None) -> HostSnapshot:
+        """System CPU and RAM, this process, and its workers (child processes unless given)."""
+        cpu = _psutil_or_none(lambda: psutil.cpu_percent(interval=None))
+        vm = _psutil_or_none(psutil.virtual_memory)
+        rss = _psutil_or_none(lambda: self._process.memory_info().rss)
+        pcpu = _psutil_or_none(lambda: self._process.cpu_percent(interval=None))
+        workers = _psutil_or_none(lambda: self._workers(worker_pids))
+        workers_rss = None
+        if workers is not None:
+            sizes = [_psutil_or_none(lambda p=p: p.memory_info().rss) for p in workers]
+            workers_rss = sum(s for s in sizes if s is not None)
+        return HostSnapshot(
+            cpu_percent=cpu,
+            # total - available, not vm.used: "used" leaves out different things per platform,
+            # and what matters to a user is how close the machine is to swapping.
+            ram_used_bytes=None if vm is None else int(vm.total - vm.available),
+            ram_total_bytes=None if vm is None else int(vm.total),
+            process_rss_bytes=rss,
+            process_cpu_percent=pcpu,
+            workers=None if workers is None else len(workers),
+            workers_rss_bytes=workers_rss,
+        )
+
+    def _workers(self, worker_pids: Iterable[int] | None) -> list[psutil.Process]:
+        if worker_pids is not None:
+            procs = []
+            for pid in worker_pids:
+                try:
+                    procs.append(psutil.Process(pid))
+                except psutil.Error:
+                    pass  # a worker that exited since its pid was taken
+            return procs
+        me = self._process.pid
+        # recursive: under the forkserver start method the workers are the forkserver's children.
+        return [p for p in self._process.children(recursive=True) if not _is_mp_helper(p, me)]
+
+    # -- both ----------------------------------------------------------------------------------
+
+    def sample(self, worker_pids: Iterable[int] | None = None) -> Telemetry:
+        gpus, reason = self.sample_gpus()
+        host = self.sample_host(worker_pids)
+        return Telemetry(time=time.time(), gpus=gpus, gpu_unavailable_reason=reason, host=host)
+
+    def close(self) -> None:
+        """Release NVML; a later `sample()` initialises it again."""
+        if self._nvml_ready:
+            self._shutdown_quietly()
+        self._nvml_ready = False
+        self._gpu_reason = None
+        self._torch_to_nvml = None
+
+    def __enter__(self) -> TelemetrySampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _psutil_or_none(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except (psutil.Error, OSError):
+        return None
+
+
+def _is_mp_helper(proc: psutil.Process, parent_pid: int) -> bool:
+    """multiprocessing's resource tracker and forkserver are our children but not workers."""
+    try:
+        if proc.ppid() != parent_pid:
+            return False
+        cmdline = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return "multiprocessing.resource_tracker" in cmdline or "multiprocessing.forkserver" in cmdline
+
+
+def sample_gpus(nvml: Any = None) -> list[GpuSnapshot] | str:
+    """One-off GPU snapshot: the snapshots, or the reason there are none."""
+    sampler = TelemetrySampler(nvml=nvml)
+    try:
+        gpus, reason = sampler.sample_gpus()
+    finally:
+        sampler.close()
+    return reason if reason is not None else list(gpus)
+
+
+_host_sampler: TelemetrySampler | None = None
+
+
+def sample_host(worker_pids: Iterable[int] | None = None) -> HostSnapshot:
+    """Host snapshot from a shared sampler: CPU percentages cover the time since the last call."""
+    global _host_sampler
+    if _host_sampler is None:
+        _host_sampler = TelemetrySampler()
+    return _host_sampler.sample_host(worker_pids)
+

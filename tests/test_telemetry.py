@@ -1,0 +1,321 @@
+"""Telemetry never raises: absent GPUs, drivers and metrics become a reason or N/A.
+
+This machine has no GPU, so the NVML module is replaced by a stand-in for the GPU cases; the
+sampler's code path is the one it runs against the real `pynvml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import psutil
+import pynvml
+import pytest
+import torch
+
+from core.telemetry import (
+    GpuSnapshot,
+    HostSnapshot,
+    Telemetry,
+    TelemetrySampler,
+    fmt_or_na,
+    format_bytes,
+    sample_gpus,
+    sample_host,
+)
+
+GiB = 1024**3
+
+
+class FakeNvml:
+    """Stands in for `pynvml` with two GPUs; device 1 cannot report utilization, temperature
+    or power, as on some virtualised and older boards."""
+
+    NVMLError = pynvml.NVMLError
+    NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+
+    def __init__(self, count=2, init_error=None, lost=()):
+        self.count = count
+        self.init_error = init_error
+        self.lost = set(lost)
+        self.calls: list[str] = []
+
+    def nvmlInit(self):
+        self.calls.append("init")
+        if self.init_error is not None:
+            raise self.init_error
+
+    def nvmlShutdown(self):
+        self.calls.append("shutdown")
+
+    def nvmlDeviceGetCount(self):
+        return self.count
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        if i in self.lost:
+            raise pynvml.NVMLError_GpuIsLost()
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return b"NVIDIA Fake 80GB" if h == 0 else "NVIDIA Fake Lite"
+
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-0000000{h}-aaaa-bbbb-cccc-dddddddddddd"
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        if h == 1:
+            raise pynvml.NVMLError_NotSupported()
+        return SimpleNamespace(gpu=87, memory=40)
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return SimpleNamespace(used=(3 + h) * GiB, total=80 * GiB, free=(77 - h) * GiB)
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        assert sensor == pynvml.NVML_TEMPERATURE_GPU
+        if h == 1:
+            raise pynvml.NVMLError_NotSupported()
+        return 64
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        if h == 1:
+            raise pynvml.NVMLError_NoPermission()
+        return 312_500  # milliwatts
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h):
+        if h == 1:
+            raise pynvml.NVMLError_NotSupported()
+        return 700_000
+
+
+class FakeTorchCuda:
+    """`torch.cuda` of a process that has (or has not) started using CUDA."""
+
+    def __init__(self, initialized, uuids=()):
+        self.initialized = initialized
+        self.uuids = list(uuids)
+
+    def is_initialized(self):
+        return self.initialized
+
+    def is_available(self):
+        return True
+
+    def device_count(self):
+        return len(self.uuids)
+
+    def get_device_properties(self, t):
+        return SimpleNamespace(uuid=self.uuids[t])
+
+    def _check(self, t):
+        if not self.initialized:
+            raise AssertionError("telemetry touched CUDA before the process initialised it")
+
+    def memory_allocated(self, t):
+        self._check(t)
+        return (t + 1) * 100
+
+    def memory_reserved(self, t):
+        self._check(t)
+        return (t + 1) * 200
+
+    def max_memory_allocated(self, t):
+        self._check(t)
+        return (t + 1) * 300
+
+
+def test_metrics_a_gpu_cannot_report_are_none_not_errors():
+    nvml = FakeNvml()
+    sampler = TelemetrySampler(nvml=nvml, torch_cuda=FakeTorchCuda(initialized=False))
+    t = sampler.sample()
+    assert t.gpu_unavailable_reason is None
+    g0, g1 = t.gpus
+    assert g0 == GpuSnapshot(
+        index=0,
+        name="NVIDIA Fake 80GB",
+        utilization_pct=87.0,
+        memory_used_bytes=3 * GiB,
+        memory_total_bytes=80 * GiB,
+        temperature_c=64.0,
+        power_w=312.5,
+        power_limit_w=700.0,
+        torch_allocated_bytes=None,
+        torch_reserved_bytes=None,
+        torch_peak_bytes=None,
+    )
+    assert g1.name == "NVIDIA Fake Lite"
+    assert g1.memory_used_bytes == 4 * GiB
+    assert g1.utilization_pct is None
+    assert g1.temperature_c is None
+    assert g1.power_w is None and g1.power_limit_w is None
+    sampler.close()
+    assert nvml.calls == ["init", "shutdown"]
+
+
+def test_a_lost_gpu_is_all_na():
+    sampler = TelemetrySampler(nvml=FakeNvml(lost={1}), torch_cuda=FakeTorchCuda(initialized=False))
+    g0, g1 = sampler.sample().gpus
+    assert g0.memory_total_bytes == 80 * GiB
+    assert g1.index == 1
+    assert all(getattr(g1, f.name) is None for f in dataclasses.fields(g1) if f.name != "index")
+
+
+def test_nvml_init_failure_gives_a_reason_and_host_figures_still_come():
+    nvml = FakeNvml(init_error=pynvml.NVMLError_DriverNotLoaded())
+    sampler = TelemetrySampler(nvml=nvml)
+    t = sampler.sample()
+    assert t.gpus == ()
+    assert t.gpu_unavailable_reason == "NVML not available: Driver Not Loaded"
+    assert t.host.ram_total_bytes > 0
+    assert t.host.process_rss_bytes > 0
+    # A missing driver does not appear mid-run: NVML is not retried every second.
+    sampler.sample()
+    assert nvml.calls == ["init"]
+    assert sample_gpus(nvml=FakeNvml(init_error=pynvml.NVMLError_LibraryNotFound())) == (
+        "NVML not available: NVML Shared Library Not Found"
+    )
+
+
+def test_zero_gpus_says_so():
+    nvml = FakeNvml(count=0)
+    t = TelemetrySampler(nvml=nvml).sample()
+    assert t.gpus == ()
+    assert t.gpu_unavailable_reason == "no NVIDIA GPU found"
+    assert nvml.calls == ["init", "shutdown"]
+
+
+def test_torch_memory_only_once_the_process_uses_cuda():
+    cuda = FakeTorchCuda(initialized=False, uuids=["00000001-aaaa-bbbb-cccc-dddddddddddd"])
+    sampler = TelemetrySampler(nvml=FakeNvml(), torch_cuda=cuda)
+    assert all(g.torch_allocated_bytes is None for g in sampler.sample().gpus)
+
+    cuda.initialized = True
+    g0, g1 = sampler.sample().gpus
+    # CUDA_VISIBLE_DEVICES=1: torch's device 0 is NVML's device 1; the UUID tells them apart.
+    assert (g0.torch_allocated_bytes, g0.torch_reserved_bytes, g0.torch_peak_bytes) == (None, None, None)
+    assert (g1.torch_allocated_bytes, g1.torch_reserved_bytes, g1.torch_peak_bytes) == (100, 200, 300)
+
+
+def test_torch_memory_falls_back_to_order_without_uuids():
+    cuda = FakeTorchCuda(initialized=True, uuids=["", ""])
+    g0, g1 = TelemetrySampler(nvml=FakeNvml(), torch_cuda=cuda).sample().gpus
+    assert g0.torch_allocated_bytes == 100
+    assert g1.torch_peak_bytes == 600
+
+
+def test_sample_gpus_function_returns_snapshots():
+    gpus = sample_gpus(nvml=FakeNvml())
+    assert [g.index for g in gpus] == [0, 1]
+
+
+def test_real_nvml_on_this_machine_never_raises():
+    was_initialized = torch.cuda.is_initialized()
+    with TelemetrySampler() as sampler:
+        t = sampler.sample()
+    assert isinstance(t, Telemetry)
+    if t.gpu_unavailable_reason is None:
+        assert t.gpus and all(g.memory_total_bytes for g in t.gpus)
+    else:
+        assert t.gpus == ()
+        assert t.gpu_unavailable_reason.startswith(("NVML not available: ", "no NVIDIA GPU found"))
+    assert torch.cuda.is_initialized() == was_initialized
+
+
+def test_snapshots_are_immutable():
+    t = TelemetrySampler(nvml=FakeNvml(count=0)).sample()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.host.workers = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.gpu_unavailable_reason = None  # type: ignore[misc]
+
+
+def _sleeper():
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_host_counts_a_child_process_as_a_worker():
+    sampler = TelemetrySampler(nvml=FakeNvml(count=0))
+    before = sampler.sample_host()
+    child = _sleeper()
+    try:
+        during = sampler.sample_host()
+        assert during.workers == before.workers + 1
+        assert during.workers_rss_bytes > before.workers_rss_bytes
+        only = sampler.sample_host(worker_pids=[child.pid])
+        assert only.workers == 1 and only.workers_rss_bytes > 0
+    finally:
+        child.kill()
+        child.wait()
+    after = sampler.sample_host()
+    assert after.workers == before.workers
+    # A pid that has gone is skipped, not an error.
+    assert sampler.sample_host(worker_pids=[child.pid]).workers == 0
+
+
+def test_host_counts_real_dataloader_workers():
+    sampler = TelemetrySampler(nvml=FakeNvml(count=0))
+    before = sampler.sample_host().workers
+    loader = torch.utils.data.DataLoader(
+        list(range(8)), batch_size=2, num_workers=2, persistent_workers=True
+    )
+    it = iter(loader)
+    next(it)
+    try:
+        assert sampler.sample_host().workers == before + 2
+    finally:
+        del it, loader
+    deadline = time.monotonic() + 10
+    while sampler.sample_host().workers != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sampler.sample_host().workers == before
+
+
+def test_host_cpu_percentages_cover_the_time_since_the_previous_sample():
+    sampler = TelemetrySampler(nvml=FakeNvml(count=0))
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    host = sampler.sample_host()
+    assert isinstance(host, HostSnapshot)
+    # Unprimed, psutil would report 0.0 here; the busy loop makes it clearly positive even on
+    # a machine shared with other jobs.
+    assert host.process_cpu_percent > 5
+    assert 0 < host.cpu_percent <= 100
+    assert 0 < host.ram_used_bytes < host.ram_total_bytes
+    assert host.process_rss_bytes == pytest.approx(psutil.Process(os.getpid()).memory_info().rss, rel=0.2)
+    assert sample_host().ram_total_bytes == host.ram_total_bytes
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (None, "N/A"),
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (3 * GiB, "3.0 GiB"),
+        (5 * 1024 * GiB, "5.0 TiB"),
+    ],
+)
+def test_format_bytes(n, text):
+    assert format_bytes(n) == text
+
+
+def test_fmt_or_na():
+    assert fmt_or_na(None) == "N/A"
+    assert fmt_or_na(87.0, "{:.0f}%") == "87%"
+    assert fmt_or_na(0) == "0"
+
+
+def test_multiprocessing_resource_tracker_is_not_a_worker():
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    children = [p.pid for p in psutil.Process().children(recursive=True)]
+    assert resource_tracker._resource_tracker._pid in children
+    host = TelemetrySampler(nvml=FakeNvml(count=0)).sample_host()
+    assert host.workers == len(children) - 1
