@@ -1,0 +1,220 @@
+"""A small WebVision-format dataset whose images carry a class signal a CNN learns in minutes.
+
+    python -m core.synthetic /tmp/wv --classes 5 --queries-per-class 2 --images-per-query 20
+
+writes ROOT/info/{synsets,queries_google,queries_synsets_map,train_filelist_google,val_filelist}.txt
+(synsets.txt has all 1000 lines; only the first `classes` labels have queries and images),
+JPEGs under ROOT/google/qNNNN/ and ROOT/val_images_256/, and ROOT/synthetic.json with the true
+counts and the planted files, for tests. Each class has its own hue and stripe frequency spread
+over the whole image, under noise and a randomly placed blob, so any RandomResizedCrop and flip
+still shows it. The same arguments and seed give the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+TOTAL_SYNSETS = 1000
+
+
+def _class_look(label: int) -> tuple[np.ndarray, float]:
+    """A colour and a stripe frequency (cycles per short side) unique to the class."""
+    hue = (label * 0.618034) % 1.0  # golden-ratio hues stay apart for any class count
+    h6 = hue * 6
+    k = np.array([5.0, 3.0, 1.0])
+    rgb = 1 - np.clip(np.minimum((k + h6) % 6, 4 - (k + h6) % 6), 0, 1)
+    colour = 40 + 180 * rgb
+    freq = 2.0 + (label % 4) * 2.5
+    return colour, freq
+
+
+def _image(label: int, size: int, rng: np.random.Generator) -> Image.Image:
+    colour, freq = _class_look(label)
+    colour = colour * rng.uniform(0.8, 1.15)  # lighting varies within a class
+    aspect = rng.uniform(1.0, 1.5)
+    long = int(round(size * aspect))
+    h, w = (size, long) if rng.random() < 0.7 else (long, size)  # mostly landscape, like photos
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32) / size
+    phase = rng.uniform(0, 2 * np.pi)
+    # Vertical stripes stay stripes of the same frequency under a horizontal flip.
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * x + phase)
+    img = colour[None, None, :] * (0.55 + 0.45 * stripes[..., None])
+    cy, cx = rng.uniform(0.2, 0.8) * h / size, rng.uniform(0.2, 0.8) * w / size
+    r = rng.uniform(0.1, 0.3)
+    blob = ((y - cy) ** 2 + (x - cx) ** 2) < r * r
+    img[blob] = 255 - img[blob]
+    img += rng.normal(0, 18, size=img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def make_webvision(
+    out_dir: str,
+    classes: int = 5,
+    queries_per_class: int = 2,
+    images_per_query: int = 20,
+    val_per_class: int = 10,
+    size: int = 256,
+    seed: int = 0,
+    bad_files: bool = False,
+    total_synsets: int = TOTAL_SYNSETS,
+) -> str:
+    """Write the tree under out_dir (created; must not hold a dataset already) and return it.
+
+    bad_files plants, in the train list: a truncated JPEG, a zero-byte file and a listed file
+    that is missing (all unreadable), plus a PNG named .jpg, a grayscale and a CMYK JPEG (odd
+    but readable); and a zero-byte file in the val list. synthetic.json names them.
+    """
+    if not 1 <= classes <= total_synsets:
+        raise ValueError(f"classes must be in 1..{total_synsets}, got {classes}")
+    counts = (("queries_per_class", queries_per_class), ("images_per_query", images_per_query))
+    for name, v in counts:
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    if val_per_class < 0:
+        raise ValueError(f"val_per_class must be >= 0, got {val_per_class}")
+    if size < 8:
+        raise ValueError(f"size must be >= 8, got {size}")
+    if bad_files and classes * queries_per_class * images_per_query < 6:
+        raise ValueError("bad_files needs at least 6 train images")
+    out_dir = os.fspath(out_dir)
+    info = os.path.join(out_dir, "info")
+    if os.path.exists(os.path.join(info, "synsets.txt")):
+        raise FileExistsError(f"{out_dir} already holds a dataset")
+    os.makedirs(info, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "val_images_256"), exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    with open(os.path.join(info, "synsets.txt"), "w") as f:
+        for i in range(total_synsets):
+            f.write(f"n{i:08d} synthetic class {i}, pattern {i}\n")
+
+    train_lines, per_query, per_class_train = [], {}, [0] * classes
+    queries, qmap = [], []
+    for label in range(classes):
+        for j in range(queries_per_class):
+            qid = f"q{label * queries_per_class + j + 1:04d}"
+            queries.append(f"{qid} synthetic class {label} view {j}\n")
+            qmap.append(f"{qid} {label + 1}\n")
+            os.makedirs(os.path.join(out_dir, "google", qid), exist_ok=True)
+            for k in range(images_per_query):
+                rel = f"google/{qid}/{k:06d}.jpg"
+                with open(os.path.join(out_dir, rel), "wb") as f:
+                    f.write(_jpeg(_image(label, size, rng)))
+                train_lines.append(f"{rel} {label}\n")
+            per_query[qid] = images_per_query
+            per_class_train[label] += images_per_query
+
+    val_lines = []
+    for label in range(classes):
+        for _ in range(val_per_class):
+            rel = f"val{len(val_lines) + 1:06d}.jpg"
+            with open(os.path.join(out_dir, "val_images_256", rel), "wb") as f:
+                f.write(_jpeg(_image(label, size, rng)))
+            val_lines.append(f"{rel} {label}\n")
+
+    bad, odd = [], []
+    if bad_files:
+        # Spread over the list so replacements (the next index) are readable images.
+        n = len(train_lines)
+        picks = [int(p) for p in np.linspace(0, n - 1, 6).round()]
+        picks = sorted(set(picks))
+        while len(picks) < 6:
+            picks.append(next(i for i in range(n) if i not in picks))
+        rels = [train_lines[i].split()[0] for i in picks]
+        full = [os.path.join(out_dir, r) for r in rels]
+        data = open(full[0], "rb").read()
+        open(full[0], "wb").write(data[: max(len(data) // 3, 64)])
+        open(full[1], "wb").write(b"")
+        os.remove(full[2])
+        bad += [{"split": "train", "index": picks[i], "path": rels[i], "kind": kind}
+                for i, kind in enumerate(("truncated", "zero_bytes", "missing"))]
+        img = Image.open(full[3]).convert("RGB")
+        img.save(full[3], format="PNG")
+        img = Image.open(full[4]).convert("L")
+        img.save(full[4], format="JPEG", quality=90)
+        img = Image.open(full[5]).convert("CMYK")
+        img.save(full[5], format="JPEG", quality=90)
+        odd += [{"split": "train", "index": picks[3 + i], "path": rels[3 + i], "kind": kind}
+                for i, kind in enumerate(("png_named_jpg", "grayscale", "cmyk"))]
+        if val_lines:
+            rel = val_lines[-1].split()[0]
+            open(os.path.join(out_dir, "val_images_256", rel), "wb").write(b"")
+            bad.append(
+                {"split": "val", "index": len(val_lines) - 1, "path": rel, "kind": "zero_bytes"}
+            )
+
+    for name, lines in (
+        ("queries_google.txt", queries),
+        ("queries_synsets_map.txt", qmap),
+        ("train_filelist_google.txt", train_lines),
+        ("val_filelist.txt", val_lines),
+    ):
+        with open(os.path.join(info, name), "w") as f:
+            f.writelines(lines)
+
+    manifest = {
+        "classes": classes,
+        "queries_per_class": queries_per_class,
+        "images_per_query": images_per_query,
+        "val_per_class": val_per_class,
+        "size": size,
+        "seed": seed,
+        "train_per_class": per_class_train,
+        "val_per_class_counts": [val_per_class] * classes,
+        "train_per_query": per_query,
+        "bad": bad,
+        "odd": odd,
+    }
+    with open(os.path.join(out_dir, "synthetic.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return out_dir
+
+
+def read_manifest(root: str) -> dict:
+    """The true counts and planted files that make_webvision wrote to ROOT/synthetic.json."""
+    with open(os.path.join(root, "synthetic.json")) as f:
+        return json.load(f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m core.synthetic", description=__doc__.split("\n")[0])
+    p.add_argument("out_dir")
+    p.add_argument("--classes", type=int, default=5)
+    p.add_argument("--queries-per-class", type=int, default=2)
+    p.add_argument("--images-per-query", type=int, default=20)
+    p.add_argument("--val-per-class", type=int, default=10)
+    p.add_argument(
+        "--size", type=int, default=256, help="short side in pixels (256 like resized WebVision)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--bad-files", action="store_true", help="plant unreadable and odd files for tests"
+    )
+    a = p.parse_args(argv)
+    try:
+        root = make_webvision(
+            a.out_dir, a.classes, a.queries_per_class, a.images_per_query, a.val_per_class,
+            a.size, a.seed, a.bad_files,
+        )
+    except (ValueError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

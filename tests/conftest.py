@@ -1,0 +1,38 @@
+"""Shared fixtures: small WebVision-format trees written by core.synthetic (real JPEGs on disk).
+
+`synthetic_root`      4 classes x 2 queries x 8 images (48 px short side), 4 val images per class.
+`bad_synthetic_root`  the same shape with unreadable and odd files planted; its synthetic.json
+                      lists them ("bad": truncated, zero bytes, missing; "odd": PNG named .jpg,
+                      grayscale, CMYK).
+Both are session-scoped and read-only: copy a tree (shutil.copytree) before changing it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from core.synthetic import make_webvision
+
+def pytest_configure(config: pytest.Config) -> None:
+    # core.data uses torchvision's image decoder on purpose (faster here than Pillow; Pillow takes
+    # over if a later torchvision drops it), so its deprecation notice is known, not news.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning",
+    )
+
+
+SMALL = dict(classes=4, queries_per_class=2, images_per_query=8, val_per_class=4, size=48, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_webvision(str(tmp_path_factory.mktemp("webvision") / "root"), **SMALL)
+
+
+@pytest.fixture(scope="session")
+def bad_synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_webvision(
+        str(tmp_path_factory.mktemp("webvision_bad") / "root"), bad_files=True, **SMALL
+    )
+
