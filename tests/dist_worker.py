@@ -1,0 +1,184 @@
+"""One rank of a multi-process test, started by torchrun from tests/test_distributed.py.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/dist_worker.py SCENARIO OUT_DIR
+
+Each rank writes OUT_DIR/rank<R>.json with what it observed; the test compares the ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from core.distributed import DistContext, PeerFailure  # noqa: E402
+from core.events import Command  # noqa: E402
+
+
+def write(out_dir: str, rank: int, record: dict) -> None:
+    path = os.path.join(out_dir, f"rank{rank}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(path + ".tmp", path)
+
+
+def primitives(ctx: DistContext, out_dir: str) -> None:
+    rec: dict = {"rank": ctx.rank, "world_size": ctx.world_size, "enabled": ctx.enabled}
+    script = [
+        [Command.PAUSE],
+        [],
+        [Command.RESUME, Command.EVALUATE],
+        [Command.CHECKPOINT] * 10,  # more than the slots: two arrive at the next boundary
+        [],
+    ]
+    seen = []
+    for step, mine in enumerate(script):
+        local = mine if ctx.is_main else []
+        if not ctx.is_main and step == 4:
+            local = [Command.STOP]  # a signal delivered only to this rank
+        seen.append([c.value for c in ctx.broadcast_commands(local)])
+    rec["commands"] = seen
+    rec["flag"] = ctx.broadcast_flag(ctx.is_main)
+    rec["object"] = ctx.broadcast_object({"out": f"runs/from-rank-{ctx.rank}"})
+    counts = torch.tensor([ctx.rank + 1, 10], dtype=torch.int64)
+    rec["sum"] = ctx.all_reduce_sum(counts).tolist()
+    rec["shard"] = list(ctx.shard(7))
+
+    torch.manual_seed(ctx.rank)  # different weights per rank: DDP must make them equal
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    wrapped = ctx.wrap(model)
+    rec["wrapped_type"] = type(wrapped).__name__
+    rec["unwrap_is_model"] = ctx.unwrap(wrapped) is model
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.1)
+    torch.manual_seed(100 + ctx.rank)  # different data per rank
+    for _ in range(3):
+        loss = wrapped(torch.randn(4, 3, 8, 8)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rec["params"] = [p.detach().flatten().tolist() for p in model.parameters()]
+    rec["running_mean_before_sync"] = model[1].running_mean.tolist()
+    ctx.sync_buffers(wrapped)
+    rec["running_mean"] = model[1].running_mean.tolist()
+    rec["num_batches_tracked"] = int(model[1].num_batches_tracked)
+    ctx.barrier()
+    write(out_dir, ctx.rank, rec)
+
+    # Last, a peer killed abruptly: rank 0, waiting in the next command exchange, must get a
+    # clear error at once rather than hang.
+    if ctx.rank == 1:
+        os._exit(17)
+    # torchrun would SIGTERM this rank as soon as it sees rank 1 gone; hold the signal so the
+    # test observes what gloo itself reports to a rank left waiting.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    start = time.monotonic()
+    try:
+        ctx.broadcast_commands([])
+        rec["peer_dies"] = {"outcome": "returned"}
+    except PeerFailure as exc:
+        rec["peer_dies"] = {"outcome": "PeerFailure", "message": str(exc)}
+    rec["peer_dies"]["seconds"] = time.monotonic() - start
+    ctx.shutdown(abort=True)
+    ctx.shutdown(abort=True)  # idempotent
+    write(out_dir, ctx.rank, rec)
+    sys.exit(1)
+
+
+def fingerprint(state_dict: dict) -> str:
+    """A digest of every tensor's exact bytes: equal digests mean bit-identical models."""
+    h = hashlib.sha256()
+    for name, t in state_dict.items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def train(out_dir: str, spec_path: str) -> int:
+    """Run the real Trainer on this rank as a spec says; record what this rank saw and did.
+
+    spec: {"config": TrainConfig fields, "commands": {step: [command, ...]} submitted on rank 0
+    once it reports that step, "resume_after_s": RESUME this long after a pause,
+    "keep_manual_checkpoint": copy the manual checkpoint there, "fail_rank"/"fail_at_forward":
+    that rank's model raises in its n-th training forward}
+    """
+    from core.config import TrainConfig
+    from core.engine import Trainer
+    from core.events import CheckpointSaved, EvalResult, Paused, Resumed, RunError, RunFinished, RunStarted, StepStats
+
+    with open(spec_path) as f:
+        spec = json.load(f)
+    rank = int(os.environ["RANK"])
+    rec: dict = {"rank": rank, "applied": [], "events": [], "first_step_stats": None}
+    commands = {int(k): [Command(c) for c in v] for k, v in spec.get("commands", {}).items()}
+    trainer: Trainer
+
+    def sink(ev) -> None:
+        if isinstance(ev, (RunStarted, Paused, Resumed, EvalResult, CheckpointSaved, RunError, RunFinished)):
+            r = ev.to_record()
+            r.pop("config", None)
+            r.pop("summary", None)
+            r.pop("traceback", None)
+            rec["events"].append({"type": type(ev).__name__, **r})
+        if isinstance(ev, StepStats):
+            if rec["first_step_stats"] is None:
+                rec["first_step_stats"] = {"step": ev.step, "epoch": ev.epoch, "epoch_step": ev.epoch_step}
+            for c in commands.pop(ev.step, []):
+                trainer.submit(c)
+        if isinstance(ev, Paused):
+            threading.Timer(spec.get("resume_after_s", 0.5), trainer.submit, (Command.RESUME,)).start()
+        if isinstance(ev, CheckpointSaved) and ev.reason == "manual" and spec.get("keep_manual_checkpoint"):
+            shutil.copy(ev.path, spec["keep_manual_checkpoint"])
+        if isinstance(ev, RunError):
+            write(out_dir, rank, rec)  # torchrun may terminate this rank before it returns
+
+    trainer = Trainer(TrainConfig(**spec["config"]), sink)
+
+    def recording_apply(command, reason, *, paused, _apply=trainer._apply):
+        rec["applied"].append([command.value, trainer.epoch, trainer.step])
+        return _apply(command, reason, paused=paused)
+
+    trainer._apply = recording_apply
+    trainer.prepare()
+    rec["world_size"] = trainer.dist.world_size
+    rec["initial"] = fingerprint(trainer.model.state_dict())
+    if spec.get("fail_rank") == rank:
+        calls = []
+
+        def fail(module, args):
+            if module.training:
+                calls.append(1)
+                if len(calls) == spec["fail_at_forward"]:
+                    raise RuntimeError(f"injected failure on rank {rank}")
+
+        trainer.model.register_forward_pre_hook(fail)
+    finished = trainer.run()
+    rec["reason"] = finished.reason
+    rec["final"] = fingerprint(trainer.model.state_dict())
+    rec["final_params"] = fingerprint(dict(trainer.model.named_parameters()))
+    write(out_dir, rank, rec)
+    return 1 if finished.reason == "error" else 0
+
+
+SCENARIOS = {"primitives": primitives}
+
+
+def main() -> None:
+    scenario, out_dir = sys.argv[1], sys.argv[2]
+    if scenario == "train":
+        sys.exit(train(out_dir, sys.argv[3]))
+    ctx = DistContext.from_env("cpu")
+    SCENARIOS[scenario](ctx, out_dir)
+
+
+if __name__ == "__main__":
+    main()

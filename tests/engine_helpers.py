@@ -1,0 +1,138 @@
+"""Shared pieces of the engine tests: a dataset big enough to learn from, configs, event capture."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from core.config import TrainConfig
+from core.engine import Trainer
+from core.events import Command, Event, fanout
+from core.model import build_model
+from core.runlog import RunLog
+
+# 5 classes x 48 train images (48 px), 10 val images per class; trained at 32 px, batch 16:
+# 15 steps an epoch, about 2 s an epoch for resnet18 on one CPU core.
+DATASET = dict(classes=5, queries_per_class=2, images_per_query=24, val_per_class=10, size=48, seed=0)
+STEPS_PER_EPOCH = 15
+
+
+def config(root: str, out: str, **overrides: Any) -> TrainConfig:
+    values = dict(root=root, num_classes=5, epochs=2, batch_size=16, lr=0.05, milestones=(1,), gamma=0.5,
+                  model="resnet18", image_size=32, workers=0, device="cpu", out=out, report_every=1,
+                  report_interval_s=0.0, seed=0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+class Recorder:
+    """A sink that keeps every event and lets another thread wait for one."""
+
+    def __init__(self, on_event: Callable[[Event], None] | None = None) -> None:
+        self.events: list[Event] = []
+        self.on_event = on_event
+        self._cond = threading.Condition()
+
+    def __call__(self, event: Event) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def of(self, cls: type) -> list:
+        with self._cond:
+            return [e for e in self.events if isinstance(e, cls)]
+
+    def position(self, event: Event) -> int:
+        with self._cond:
+            return next(i for i, e in enumerate(self.events) if e is event)
+
+    def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 60.0, after: int = -1) -> Event:
+        """The first event after position `after` that satisfies predicate (waits for it)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for e in self.events[after + 1:]:
+                    if predicate(e):
+                        return e
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("the expected event never came")
+                self._cond.wait(left)
+
+
+@contextlib.contextmanager
+def running(trainer: Trainer, recorder: Recorder, timeout: float = 180.0):
+    """Run the trainer in its own thread; on a failing test stop it rather than leave it paused."""
+    thread = threading.Thread(target=lambda: setattr(recorder, "finished", trainer.run()), name="trainer")
+    thread.start()
+    try:
+        yield thread
+    except BaseException:
+        trainer.submit(Command.STOP_NO_SAVE)
+        raise
+    finally:
+        thread.join(timeout)
+    assert not thread.is_alive(), "the trainer did not finish"
+
+
+@contextlib.contextmanager
+def single_thread_torch():
+    # Two shared cores and several test processes: more intra-op threads only oversubscribe.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def make_trainer(cfg: TrainConfig, recorder: Recorder, **kw: Any) -> Trainer:
+    return Trainer(cfg, fanout(RunLog(cfg.out), recorder), **kw)
+
+
+def weights(path: str) -> dict[str, torch.Tensor]:
+    from core.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+class FaultyModel(nn.Module):
+    """resnet18 whose training forward number `at` (1-based) misbehaves in a chosen way."""
+
+    def __init__(self, num_classes: int, at: int, fault: str) -> None:
+        super().__init__()
+        self.net = build_model("resnet18", num_classes)
+        self.at = at
+        self.fault = fault
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if not self.training:
+            return out
+        self.calls += 1
+        if self.calls >= self.at:
+            if self.fault == "nan":
+                return out * float("nan")
+            if self.fault == "oom" and self.calls == self.at:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            if self.fault == "bug" and self.calls == self.at:
+                raise ValueError("shapes do not match (simulated bug)")
+        return out
+
+
+def faulty(at: int, fault: str) -> Callable[[str, int], nn.Module]:
+    return lambda name, num_classes: FaultyModel(num_classes, at, fault)
