@@ -22,6 +22,7 @@ import random
 import threading
 import time
 import traceback
+import warnings
 from contextlib import nullcontext
 from typing import Any, Callable
 
@@ -429,8 +430,17 @@ class Trainer:
                 outcome = self._read_stats()
                 if outcome is not None:
                     return outcome
+            # A stop that arrived during the epoch's last step must not wait for the evaluation:
+            # a preempted job may have only seconds before it is killed.
+            outcome = self._boundary()
+            if outcome is not None:
+                return outcome
             train_seconds = time.perf_counter() - t_epoch - self._epoch_idle
-            self.scheduler.step()
+            with warnings.catch_warnings():
+                # A run resumed from a stop at an epoch's very end steps the scheduler before this
+                # process has stepped the optimizer; the order across the two processes is right.
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
+                self.scheduler.step()
             self.epoch += 1
             self.epoch_step = 0
             self._evaluate(manual=False, epoch=epoch, step=self.step)

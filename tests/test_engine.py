@@ -113,8 +113,8 @@ def test_run_directory_formats(reference):
 
 @pytest.mark.parametrize(
     "workers, stop_after, resume",
-    [(0, 7, "path"), (0, 22, "auto"), (2, 9, "path")],
-    ids=["workers0-epoch0", "workers0-epoch1-auto", "workers2-epoch0"],
+    [(0, 7, "path"), (0, 22, "auto"), (2, 9, "path"), (0, STEPS_PER_EPOCH, "path")],
+    ids=["workers0-epoch0", "workers0-epoch1-auto", "workers2-epoch0", "workers0-last-step-of-epoch"],
 )
 def test_stopped_and_resumed_run_ends_bit_identical(root, reference, tmp_path, workers, stop_after, resume):
     out = str(tmp_path)
@@ -131,7 +131,10 @@ def test_stopped_and_resumed_run_ends_bit_identical(root, reference, tmp_path, w
     saved = first.of(CheckpointSaved)[-1]
     assert saved.reason == "stop" and saved.step == stop_after
     ck = load_checkpoint(saved.path)
-    assert ck["epoch_step"] == stop_after % STEPS_PER_EPOCH and ck["epoch"] == stop_after // STEPS_PER_EPOCH
+    assert ck["epoch"] * STEPS_PER_EPOCH + ck["epoch_step"] == stop_after
+    if stop_after % STEPS_PER_EPOCH == 0:
+        # A stop during an epoch's last step does not wait for that epoch's evaluation.
+        assert first.of(EvalResult) == [] and ck["epoch_step"] == STEPS_PER_EPOCH
 
     second = Recorder()
     path = "auto" if resume == "auto" else saved.path
