@@ -257,6 +257,9 @@ class Trainer:
     def _build_model(self) -> None:
         cfg = self.config
         model = self.model_factory(cfg.model, cfg.num_classes)
+        min_size = getattr(model, "min_input_size", 0)
+        if cfg.image_size < min_size:
+            raise ValueError(f"--image-size {cfg.image_size} is too small for {cfg.model}: use {min_size} or more")
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.num_params = count_parameters(self.model)
         if self.device.type == "cuda":

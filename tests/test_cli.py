@@ -99,6 +99,12 @@ def test_unknown_model(synthetic_root, tmp_path, capsys):
     assert_usage_error(code, capsys.readouterr().err, "resnet_9000")
 
 
+def test_image_size_too_small_for_inception_resnet_v2(synthetic_root, tmp_path, capsys):
+    code = main(["--root", synthetic_root, "--num-classes", "4", "--image-size", "64", "--workers", "0", "--batch-size", "8",
+                 "--out", str(tmp_path)])
+    assert_usage_error(code, capsys.readouterr().err, "--image-size 64", "75")
+
+
 def test_resume_missing_file(synthetic_root, tmp_path, capsys):
     missing = str(tmp_path / "nope.pt")
     code = main(["--root", synthetic_root, "--num-classes", "4", "--resume", missing])
