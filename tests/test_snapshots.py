@@ -1,0 +1,134 @@
+"""Snapshots of the console from a fixed event stream: no trainer, no live telemetry, no clock.
+
+The event stream is what a 3-epoch run on the 4-class synthetic dataset reports; the dataset
+pane is filled from a real `WebVisionIndex` of that tree. Regenerate the baselines after an
+intended change with `pytest tests/test_snapshots.py --snapshot-update` and look at the SVGs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from core.events import (CheckpointSaved, EpochEnd, EvalResult, RunStarted, RunState, RunWarning,
+                         StateChanged, StepStats)
+from core.telemetry import HostSnapshot, Telemetry
+from core.webvision import WebVisionIndex
+from wvtui.app import TrainingApp
+from wvtui.messages import TrainerEvent
+from wvtui.widgets.quit_screen import QuitScreen
+
+GiB = 1024**3
+STEPS_PER_EPOCH = 20
+EPOCHS = 3
+
+TELEMETRY = Telemetry(
+    time=0.0,
+    gpus=(),
+    gpu_unavailable_reason="NVML not available: NVML Shared Library Not Found",
+    host=HostSnapshot(cpu_percent=37.5, ram_used_bytes=12 * GiB, ram_total_bytes=32 * GiB,
+                      process_rss_bytes=3 * GiB, process_cpu_percent=180.0, workers=4,
+                      workers_rss_bytes=2 * GiB),
+)
+
+
+def event_stream(summary: dict) -> list:
+    """Two epochs and a bit of a run: ticks every 2 steps, an evaluation per epoch, one manual."""
+    events: list = [
+        RunStarted(config={"epochs": EPOCHS, "model": "resnet18"}, summary=summary, device="cpu",
+                   model="resnet18", num_params=11_178_564, steps_per_epoch=STEPS_PER_EPOCH,
+                   total_steps=STEPS_PER_EPOCH * EPOCHS, start_epoch=0, start_step=0,
+                   out_dir="runs/snapshot"),
+        StateChanged(state=RunState.RUNNING, epoch=0, step=0),
+    ]
+    best = 0.0
+    for step in range(2, 2 * STEPS_PER_EPOCH + 12, 2):
+        epoch, epoch_step = divmod(step, STEPS_PER_EPOCH)
+        loss = 1.4 * math.exp(-step / 25) + 0.1
+        events.append(StepStats(
+            epoch=epoch, step=step, epoch_step=epoch_step, steps_per_epoch=STEPS_PER_EPOCH,
+            total_steps=STEPS_PER_EPOCH * EPOCHS, loss=loss, last_loss=loss + 0.15 * math.sin(step),
+            lr=0.1 if epoch < 2 else 0.01, img_per_s=512.0, data_wait=0.04,
+            eta_epoch_s=(STEPS_PER_EPOCH - epoch_step) * 0.5, eta_run_s=(60 - step) * 0.5,
+            elapsed_s=step * 0.5, bad_images=0))
+        if epoch_step == 0:
+            acc1 = 25.0 + 30.0 * epoch
+            best = max(best, acc1)
+            events += [
+                EvalResult(epoch=epoch - 1, step=step, loss=loss + 0.2, acc1=acc1, acc5=100.0, best_acc1=best,
+                           best_acc5=100.0, manual=False, is_best=acc1 >= best, seconds=1.5, images=16,
+                           per_class_acc1=(acc1, acc1 + 10, acc1 - 10, acc1)),
+                EpochEnd(epoch=epoch - 1, step=step, seconds=10.0, img_per_s=512.0),
+                CheckpointSaved(path="runs/snapshot/checkpoints/last.pt", reason="epoch", epoch=epoch - 1,
+                                step=step, seconds=0.2),
+            ]
+    events += [
+        EvalResult(epoch=2, step=50, loss=0.5, acc1=50.0, acc5=100.0, best_acc1=best, best_acc5=100.0,
+                   manual=True, is_best=False, seconds=1.4, images=16, per_class_acc1=(50.0, 75.0, 25.0, 50.0)),
+        RunWarning(kind="bad_images", message="1 unreadable image replaced",
+                   paths=("google/q0003/000004.jpg",)),
+    ]
+    return events
+
+
+@pytest.fixture(scope="module")
+def index(synthetic_root: str) -> WebVisionIndex:
+    return WebVisionIndex.load(synthetic_root, num_classes=4)
+
+
+# A local time of 12:34:56 in whatever zone the test machine is in.
+NOON = time.mktime((2026, 1, 1, 12, 34, 56, 0, 0, -1))
+
+
+def make_app(index: WebVisionIndex) -> TrainingApp:
+    return TrainingApp(demo=True, telemetry=TELEMETRY, index=index, clock=lambda: NOON,
+                       chart_interval=0.0, chart_budget=None)
+
+
+def run_before(index: WebVisionIndex, *keys: str):
+    async def _run(pilot) -> None:
+        for ev in event_stream(index.summary().to_dict()):
+            pilot.app.post_message(TrainerEvent(ev))
+            # One at a time: a burst would let ticks coalesce by timing, and the chart vary.
+            await pilot.pause()
+        if keys:
+            await pilot.press(*keys)
+        await pilot.pause(0.3)  # at least two frames of the redraw timer
+        # Toasts time out on a wall clock, so whether one is still up would depend on speed.
+        pilot.app.clear_notifications()
+        await pilot.pause()
+
+    return _run
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_main_screen(snap_compare, index, size):
+    assert snap_compare(make_app(index), terminal_size=size, run_before=run_before(index))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_dataset_pane(snap_compare, index, size):
+    assert snap_compare(make_app(index), terminal_size=size, run_before=run_before(index, "4"))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_accuracy_pane(snap_compare, index, size):
+    assert snap_compare(make_app(index), terminal_size=size, run_before=run_before(index, "2"))
+
+
+def test_gpu_pane_without_gpu(snap_compare, index):
+    assert snap_compare(make_app(index), terminal_size=(80, 24), run_before=run_before(index, "3"))
+
+
+def test_quit_dialog(snap_compare, index):
+    feed = run_before(index)
+
+    async def open_dialog(pilot) -> None:
+        await feed(pilot)
+        # With no trainer attached `q` exits at once, so open the dialog the way `q` does.
+        pilot.app.push_screen(QuitScreen(running=True))
+        await pilot.pause(0.2)
+
+    assert snap_compare(make_app(index), terminal_size=(80, 24), run_before=open_dialog)
