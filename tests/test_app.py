@@ -327,6 +327,28 @@ def test_step_ticks_coalesce_and_other_events_do_not():
     assert not ev.can_replace(tick(2))
 
 
+@asyncio_test
+async def test_a_burst_of_ticks_coalesces_but_the_loss_chart_keeps_every_point():
+    from core.telemetry import HostSnapshot, Telemetry
+
+    def stats(step: int) -> StepStats:
+        return StepStats(epoch=0, step=step, epoch_step=step, steps_per_epoch=100, total_steps=100,
+                         loss=2.0 / step, last_loss=1.0 / step, lr=0.1, img_per_s=1.0, data_wait=0.0,
+                         eta_epoch_s=0.0, eta_run_s=0.0, elapsed_s=0.0, bad_images=0)
+
+    fixed = Telemetry(time=0.0, gpus=(), gpu_unavailable_reason="no NVIDIA GPU found",
+                      host=HostSnapshot(None, None, None, None, None, None, None))
+    app = TrainingApp(telemetry=fixed)
+    handled = []
+    async with app.run_test(size=(80, 24), message_hook=lambda m: isinstance(m, TrainerEvent) and handled.append(m)) as pilot:
+        for step in range(1, 51):  # queued faster than the app takes them
+            app.post_message(TrainerEvent(stats(step)))
+        await pilot.pause()
+        assert len(handled) < 50, "the burst was not coalesced"
+        assert app.training_pane.steps == list(range(1, 51))
+        assert app.training_pane.raw[-1] == 1.0 / 50 and app.training_pane.last.step == 50
+
+
 class BigIndex:
     """Statistics shaped like full WebVision: 1000 classes, 1632 Google queries."""
 

@@ -198,6 +198,8 @@ class TrainingApp(App):
     def _on_trainer_event(self, message: TrainerEvent) -> None:
         event = message.event
         status = self.status
+        for tick in message.superseded:
+            self.training_pane.apply(tick)
         for pane in (status, self.training_pane, self.accuracy_pane):
             pane.apply(event)
         self.event_log.apply(event)

@@ -14,16 +14,21 @@ class TrainerEvent(Message):
 
     def __init__(self, event: Event) -> None:
         self.event = event
+        # Older ticks this one replaced in a busy queue: the loss chart still plots their points.
+        self.superseded: tuple[StepStats, ...] = ()
         super().__init__()
 
     def can_replace(self, message: Message) -> bool:
-        # A busy queue keeps only the newest tick: step stats are cumulative snapshots, so an
-        # older one adds nothing once a newer one is waiting. Every other event is kept.
-        return (
+        # A busy queue keeps only the newest tick: the status line and progress bars only need
+        # the latest snapshot. The newer message carries the older ticks for the loss history.
+        replaceable = (
             isinstance(self.event, StepStats)
             and isinstance(message, TrainerEvent)
             and isinstance(message.event, StepStats)
         )
+        if replaceable:
+            message.superseded = (*self.superseded, self.event, *message.superseded)
+        return replaceable
 
 
 class TelemetrySampled(Message):
