@@ -14,7 +14,7 @@ import pytest
 
 from core.events import (CheckpointSaved, EpochEnd, EvalResult, RunStarted, RunState, RunWarning,
                          StateChanged, StepStats)
-from core.telemetry import HostSnapshot, Telemetry
+from core.telemetry import GpuSnapshot, HostSnapshot, Telemetry
 from core.webvision import WebVisionIndex
 from wvtui.app import TrainingApp
 from wvtui.messages import TrainerEvent
@@ -31,6 +31,20 @@ TELEMETRY = Telemetry(
     host=HostSnapshot(cpu_percent=37.5, ram_used_bytes=12 * GiB, ram_total_bytes=32 * GiB,
                       process_rss_bytes=3 * GiB, process_cpu_percent=180.0, workers=4,
                       workers_rss_bytes=2 * GiB),
+)
+
+# Two GPUs as NVML reports them; the second cannot report temperature or power (None: N/A).
+GPU_TELEMETRY = Telemetry(
+    time=0.0,
+    gpus=(
+        GpuSnapshot(index=0, name="NVIDIA H200", utilization_pct=97.0, memory_used_bytes=61 * GiB,
+                    memory_total_bytes=141 * GiB, temperature_c=64.0, power_w=612.0, power_limit_w=700.0,
+                    torch_allocated_bytes=42 * GiB, torch_reserved_bytes=58 * GiB, torch_peak_bytes=55 * GiB),
+        GpuSnapshot(index=1, name="NVIDIA H200", utilization_pct=0.0, memory_used_bytes=1 * GiB,
+                    memory_total_bytes=141 * GiB, temperature_c=None, power_w=None, power_limit_w=None),
+    ),
+    gpu_unavailable_reason=None,
+    host=TELEMETRY.host,
 )
 
 
@@ -82,8 +96,8 @@ def index(synthetic_root: str) -> WebVisionIndex:
 NOON = time.mktime((2026, 1, 1, 12, 34, 56, 0, 0, -1))
 
 
-def make_app(index: WebVisionIndex) -> TrainingApp:
-    return TrainingApp(demo=True, telemetry=TELEMETRY, index=index, clock=lambda: NOON,
+def make_app(index: WebVisionIndex, telemetry: Telemetry = TELEMETRY) -> TrainingApp:
+    return TrainingApp(demo=True, telemetry=telemetry, index=index, clock=lambda: NOON,
                        chart_interval=0.0, chart_budget=None)
 
 
@@ -120,6 +134,10 @@ def test_accuracy_pane(snap_compare, index, size):
 
 def test_gpu_pane_without_gpu(snap_compare, index):
     assert snap_compare(make_app(index), terminal_size=(80, 24), run_before=run_before(index, "3"))
+
+
+def test_gpu_pane_with_two_gpus(snap_compare, index):
+    assert snap_compare(make_app(index, GPU_TELEMETRY), terminal_size=(80, 24), run_before=run_before(index, "3"))
 
 
 def test_quit_dialog(snap_compare, index):
