@@ -73,11 +73,7 @@ class AccuracyPane(Vertical):
     def redraw_chart(self) -> None:
         self.chart_dirty = False
         plot = self.chart
-        plt = plot.plt
-        plt.clear_data()
-        plt.clear_figure()
-        plt.xlabel("epoch")
-        plt.ylabel("accuracy %")
+        plt = plot.blank("epoch", "accuracy %")
         if self.evals:
             xs = [self._x(ev) for ev in self.evals]
             plt.plot(xs, [ev.acc1 for ev in self.evals], label="Acc@1", marker="braille", color="green")

@@ -21,6 +21,17 @@ class Chart(PlotextPlot):
         self._cached_key: tuple | None = None
         self._cached: RenderResult | None = None
 
+    def blank(self, xlabel: str = "", ylabel: str = ""):
+        """Clear the figure for a rebuild and return plotext's `plt` to draw into."""
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        if xlabel:
+            plt.xlabel(xlabel)
+        if ylabel:
+            plt.ylabel(ylabel)
+        return plt
+
     def replot(self) -> None:
         """Call after changing the data through `plt`."""
         self._version += 1

@@ -171,9 +171,7 @@ class DatasetPane(Vertical):
     def redraw(self) -> None:
         self.dirty = False
         plot = self.chart
-        plt = plot.plt
-        plt.clear_data()
-        plt.clear_figure()
+        plt = plot.blank()
         counts = [int(c.get("train_images") or 0) for c in self.class_records]
         if not counts:
             plt.title("per-class counts need the dataset index")

@@ -71,11 +71,7 @@ class TrainingPane(Vertical):
     def redraw_chart(self) -> None:
         self.chart_dirty = False
         plot = self.chart
-        plt = plot.plt
-        plt.clear_data()
-        plt.clear_figure()
-        plt.xlabel("step")
-        plt.ylabel("loss")
+        plt = plot.blank("step", "loss")
         # Non-finite losses would wreck the axis range; they are reported in the log instead.
         pts = [(s, r, m) for s, r, m in zip(self.steps, self.raw, self.smoothed) if r == r and m == m
                and abs(r) != float("inf") and abs(m) != float("inf")]
