@@ -15,6 +15,7 @@ exactly the same pixels as an uninterrupted one.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Iterator
@@ -218,6 +219,10 @@ class ResumableSampler(Sampler):
 def _worker_init(worker_id: int) -> None:
     # Decoding and resizing parallelise across workers; threads inside a worker only contend.
     torch.set_num_threads(1)
+    # A forked worker shares its parent's pages until it writes to them, and a full garbage
+    # collection writes to every object it inherited; frozen objects are never traversed.
+    # bench/memory.py: worker private memory over a 1M-sample pass +81 MB -> +1 MB.
+    gc.freeze()
 
 
 def make_loader(

@@ -377,3 +377,20 @@ def test_device_prefetcher_uploads_to_cuda(index):
         assert torch.equal(images.cpu(), e_images) and torch.equal(labels.cpu(), e_labels)
     x = normalize_on_device(got[0][0])
     assert x.is_cuda and x.is_contiguous(memory_format=torch.channels_last)
+
+
+class _FreezeCount(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i):
+        import gc
+
+        return torch.tensor(gc.get_freeze_count())
+
+
+def test_loader_workers_freeze_inherited_objects_against_copy_on_write():
+    loader = make_loader(_FreezeCount(), range(4), batch_size=4, workers=1, pin_memory=False,
+                         persistent_workers=False)
+    (counts,) = list(loader)
+    assert (counts > 0).all(), "the worker's garbage collector still traverses the parent's objects"

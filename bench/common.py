@@ -1,0 +1,165 @@
+"""Helpers shared by the benchmarks: the machine they ran on, tables, timing, a synthetic tree."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def cores() -> int:
+    """Cores this process may run on (the affinity mask, not the host's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line(device: torch.device | None = None) -> str:
+    gpu = ""
+    if device is not None and device.type == "cuda":
+        gpu = f", GPU {torch.cuda.get_device_name(device)}"
+    return (
+        f"{cpu_model()}, {cores()} cores{gpu}, torch {torch.__version__}, "
+        f"python {platform.python_version()}, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}"
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work, so a timer stopped after it measures the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table (readable in a terminal, pasteable into RESULTS.md)."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [f"### {title}", ""]
+    for k, r in enumerate(cells):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+        if k == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _fmt(c: object) -> str:
+    if isinstance(c, float):
+        return f"{c:,.1f}" if abs(c) >= 100 else f"{c:.3g}"
+    return str(c)
+
+
+def synthetic_tree(out_dir: str, *, images: int, size: int, classes: int = 5) -> str:
+    """A WebVision tree of about `images` train JPEGs whose short side is `size`, made once."""
+    from core.synthetic import make_webvision
+
+    if os.path.exists(os.path.join(out_dir, "info", "synsets.txt")):
+        return out_dir
+    per_query = max(1, images // (classes * 2))
+    return make_webvision(
+        out_dir, classes=classes, queries_per_class=2, images_per_query=per_query,
+        val_per_class=2, size=size, seed=0,
+    )
+
+
+def webvision_index(out_dir: str, *, samples: int, short_side: int, classes: int = 10,
+                    files: int = 512):
+    """An index of `samples` train entries over at most `files` distinct synthetic JPEGs.
+
+    Decoding still happens per sample; repeating files only saves the time to write them.
+    """
+    import numpy as np
+
+    from core.webvision import WebVisionIndex
+
+    root = synthetic_tree(out_dir, images=min(samples, files), size=short_side, classes=classes)
+    index = WebVisionIndex.load(root, num_classes=classes)
+    if len(index.train) < samples:
+        index.train = index.train.select(np.resize(np.arange(len(index.train)), samples))
+    return index
+
+
+def trainer_throughput(config, index, *, warmup: int, steps: int, model_factory=None) -> dict:
+    """Images/s, data-wait, peak memory and the training process's CPU time per step (all its
+    threads; workers excluded) of wvtui's Trainer over steps warmup..warmup+steps.
+
+    Timing comes from the trainer's own StepStats reports, each preceded by its device sync,
+    so queued GPU work is inside the window; the run is stopped without a save right after.
+    `config.report_every` must divide warmup and steps.
+    """
+    from core.engine import Trainer
+    from core.events import Command, RunError, StepStats
+
+    import gc
+
+    marks: dict[int, float] = {}
+    cpu_marks: dict[int, float] = {}
+    waits: list[tuple[int, float]] = []
+    errors: list[str] = []
+    holder = []
+
+    def sink(ev) -> None:
+        if isinstance(ev, StepStats):
+            now = time.perf_counter()
+            marks[ev.step] = now
+            cpu_marks[ev.step] = time.process_time()
+            if warmup < ev.step <= warmup + steps:
+                waits.append((ev.step, ev.data_wait))
+            if ev.step >= warmup + steps:
+                holder[0].submit(Command.STOP_NO_SAVE)
+        elif isinstance(ev, RunError):
+            errors.append(ev.message)
+
+    kwargs = {"model_factory": model_factory} if model_factory is not None else {}
+    trainer = Trainer(config, sink, index=index, **kwargs)
+    holder.append(trainer)
+    trainer.prepare()
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+    finished = trainer.run()
+    if errors or warmup not in marks or warmup + steps not in marks:
+        raise RuntimeError(f"trainer run ended ({finished.reason}) without the timed reports: {errors}")
+    seconds = marks[warmup + steps] - marks[warmup]
+    # Each report's data_wait is a fraction of its own window; windows hold equal step counts.
+    data_wait = sum(w for _, w in waits) / max(1, len(waits))
+    peak = torch.cuda.max_memory_allocated(trainer.device) / 2**30 if trainer.device.type == "cuda" else None
+    # The trainer's persistent workers live as long as it does: end them before the next run
+    # forks its own (a fork would otherwise inherit this trainer's loader iterators).
+    holder.clear()
+    del trainer
+    gc.collect()
+    cpu = cpu_marks[warmup + steps] - cpu_marks[warmup]
+    return {"img_s": steps * config.batch_size / seconds, "data_wait": data_wait, "peak_gib": peak,
+            "seconds": seconds, "cpu_ms_per_step": 1000 * cpu / steps}
+
+
+def set_threads(args, device: torch.device) -> None:
+    """torch threads for the training process: --threads, else on CPU the cores workers leave."""
+    if args.threads is None and device.type == "cpu":
+        args.threads = max(1, cores() - args.workers)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)

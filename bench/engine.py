@@ -1,0 +1,176 @@
+"""Trainer overhead: wvtui's Trainer against a bare loop of the reference's shape, same everything else.
+
+    python -m bench.engine                                  # CPU: resnet18, 64 px, batch 32
+    python -m bench.engine --device cuda                    # GPU: InceptionResNetV2, 299 px, batch 128, bf16
+
+Both consume the same loader (wvtui's WebVisionDataset + ResumableSampler + make_loader with the
+same workers, batch and pinning), build the same model (same seed, channels_last, same SGD and
+autocast) and run the same steps; the first --warmup steps are not timed. The bare loop is the
+reference's shape:
+
+    for images, labels, _ in loader:
+        images, labels = images.to(device), labels.to(device)
+        out = model(normalize_on_device(images)); loss = criterion(out, labels)
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+        if step % N == 0: loss.item()
+
+The Trainer adds the prefetcher, command checks, device-side loss sums, data-wait, bad-image
+accounting and events. Runs alternate (trainer, bare, bare, trainer, ...) and each keeps its
+best of --repeats, so a noisy neighbour on a shared machine does not decide the result. The
+training process's CPU time per step (all its threads, workers excluded; median of the runs) is
+printed beside it: other processes on a shared machine slow the wall clock far more than they
+change the CPU time this process itself spends per step, so it shows the trainer's own added
+work more steadily. Target: under 3% overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import (
+    machine_line,
+    resolve_device,
+    set_threads,
+    sync,
+    table,
+    trainer_throughput,
+    webvision_index,
+)
+from core.config import TrainConfig, default_workers
+from core.data import ResumableSampler, WebVisionDataset, make_loader, normalize_on_device, train_transform
+from core.engine import Trainer
+from core.model import build_model
+
+TARGET = 0.03
+CLASSES = 10
+
+
+def bare_loop(args, device: torch.device, index) -> dict:
+    """Images/s and CPU ms per step of the reference-shaped loop over steps warmup..warmup+steps."""
+    torch.manual_seed(0)
+    amp = Trainer._resolve_amp(args.amp, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    dataset = WebVisionDataset(index.train, train_transform(args.image_size), seed=0, train=True)
+    sampler = ResumableSampler(len(dataset), seed=0)
+    loader = make_loader(dataset, sampler, args.batch_size, args.workers, pin_memory=device.type == "cuda")
+    model = build_model(args.model, CLASSES).to(device, memory_format=torch.channels_last)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, **fused)
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    model.train()
+    t0 = None
+    for step, (images, labels, _) in enumerate(loader, 1):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(normalize_on_device(images, channels_last=True))
+            loss = F.cross_entropy(out, labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if step % args.report_every == 0:
+            loss.item()
+        if step == args.warmup:
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+        if step == args.warmup + args.steps:
+            sync(device)
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+            break
+    else:
+        raise RuntimeError(f"the loader ended after {step} batches; need {args.warmup + args.steps}")
+    del loader
+    return {"img_s": args.steps * args.batch_size / seconds, "cpu_ms_per_step": 1000 * cpu / args.steps}
+
+
+def trainer_loop(args, device: torch.device, index, out: str) -> dict:
+    cfg = TrainConfig(
+        root=index.root, num_classes=CLASSES, epochs=1, batch_size=args.batch_size, model=args.model,
+        image_size=args.image_size, workers=args.workers, device=str(device), amp=args.amp, seed=0,
+        lr=0.1, out=out, report_every=args.report_every, report_interval_s=0.0,
+        max_steps_per_epoch=args.warmup + args.steps + args.report_every, max_val_batches=1,
+    )
+    return trainer_throughput(cfg, index, warmup=args.warmup, steps=args.steps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--model", default=None, help="default: inception_resnet_v2 on CUDA, resnet18 on CPU")
+    p.add_argument("--image-size", type=int, default=None, help="default: 299 on CUDA, 64 on CPU")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 128 on CUDA, 32 on CPU")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 15 on CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 on CUDA, 5 on CPU)")
+    p.add_argument("--report-every", type=int, default=None,
+                   help="steps between loss reads, both loops (default: 10 on CUDA, 5 on CPU)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each, best kept (default 3)")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    p.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers (both loops)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default on CPU: the cores the workers leave; on CUDA: torch's)")
+    p.add_argument("--short-side", type=int, default=None,
+                   help="JPEG short side (default 256 at 299 px, scaled with --image-size)")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    defaults = {"model": "inception_resnet_v2" if cuda else "resnet18", "image_size": 299 if cuda else 64,
+                "batch_size": 128 if cuda else 32, "steps": 50 if cuda else 15, "warmup": 10 if cuda else 5,
+                "report_every": 10 if cuda else 5}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.short_side is None:
+        args.short_side = max(args.image_size, round(args.image_size * 256 / 299))
+    if args.warmup % args.report_every or args.steps % args.report_every:
+        p.error("--warmup and --steps must be multiples of --report-every (the trainer is timed by its reports)")
+    set_threads(args, device)
+
+    print(f"machine: {machine_line(device)}")
+    print(f"{args.model}, {args.image_size} px, batch {args.batch_size}, "
+          f"amp {Trainer._resolve_amp(args.amp, device)}, {args.workers} workers, "
+          f"{torch.get_num_threads()} torch threads, {args.steps} timed steps after {args.warmup}\n")
+    runs: dict[str, list[dict]] = {"trainer": [], "bare": []}
+    with tempfile.TemporaryDirectory(prefix="wvtui-bench-engine-") as tmp:
+        samples = args.batch_size * (args.warmup + args.steps + args.report_every + 1)
+        index = webvision_index(os.path.join(tmp, "wv"), samples=samples, short_side=args.short_side,
+                                classes=CLASSES)
+        for k in range(args.repeats):
+            # The order alternates too, so neither loop always runs first.
+            for which in ("trainer", "bare") if k % 2 == 0 else ("bare", "trainer"):
+                if which == "trainer":
+                    runs["trainer"].append(trainer_loop(args, device, index, os.path.join(tmp, f"run{k}")))
+                else:
+                    runs["bare"].append(bare_loop(args, device, index))
+    best = {k: max(r["img_s"] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r["cpu_ms_per_step"] for r in v) for k, v in runs.items()}
+    overhead = best["bare"] / best["trainer"] - 1
+    cpu_overhead = cpu["trainer"] / cpu["bare"] - 1
+    rows = []
+    for name, key in (("bare loop (reference shape)", "bare"), ("wvtui Trainer", "trainer")):
+        rows.append([name, best[key], " ".join(f"{r['img_s']:.1f}" for r in runs[key]),
+                     f"{best[key] / best['bare']:.3f}x", cpu[key],
+                     " ".join(f"{r['cpu_ms_per_step']:.0f}" for r in runs[key])])
+    print(table("Trainer against a bare loop", ["loop", "best images/s", "all runs", "vs bare",
+                                                "median CPU ms/step", "all runs (CPU ms)"], rows))
+    print(f"\ntrainer overhead in wall time {overhead * 100:+.1f}% (best runs), in the training process's "
+          f"CPU time {cpu_overhead * 100:+.1f}% (median runs); target < {TARGET * 100:.0f}%: "
+          f"{'MET' if overhead < TARGET else 'NOT MET'} (wall), "
+          f"{'MET' if cpu_overhead < TARGET else 'NOT MET'} (CPU)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
