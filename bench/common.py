@@ -6,7 +6,7 @@ import datetime
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -163,3 +163,45 @@ def set_threads(args, device: torch.device) -> None:
         args.threads = max(1, cores() - args.workers)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+
+
+def add_training_args(p, *, repeats_default: int | None, repeats_help: str) -> None:
+    """The flags bench/step.py and bench/engine.py share: what is trained, on what, how long."""
+    from core.config import default_workers
+
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--model", default=None, help="default: inception_resnet_v2 on CUDA, resnet18 on CPU")
+    p.add_argument("--image-size", type=int, default=None, help="default: 299 on CUDA, 64 on CPU")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 128 on CUDA, 32 on CPU")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 15 on CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 on CUDA, 5 on CPU)")
+    p.add_argument("--report-every", type=int, default=None,
+                   help="trainer's report cadence, and the bare loop's loss reads (default: 10 on CUDA as "
+                        "in a real run, 5 on CPU)")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help="auto: bf16 on CUDA, off on CPU (as the trainer resolves it)")
+    p.add_argument("--repeats", type=int, default=repeats_default, help=repeats_help)
+    p.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the training process (default on CPU: the cores the workers "
+                        "leave, as more threads than free cores stall each other; on CUDA: torch's)")
+    p.add_argument("--short-side", type=int, default=None,
+                   help="JPEG short side (default 256 at 299 px, scaled with --image-size)")
+
+
+def resolve_training_args(p, args, extra_defaults: dict | None = None) -> torch.device:
+    """Fill the device-dependent defaults, check the step counts, set the thread count."""
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    defaults = {"model": "inception_resnet_v2" if cuda else "resnet18", "image_size": 299 if cuda else 64,
+                "batch_size": 128 if cuda else 32, "steps": 50 if cuda else 15, "warmup": 10 if cuda else 5,
+                "report_every": 10 if cuda else 5, **(extra_defaults or {})}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.short_side is None:
+        args.short_side = max(args.image_size, round(args.image_size * 256 / 299))
+    if args.warmup % args.report_every or args.steps % args.report_every:
+        p.error("--warmup and --steps must be multiples of --report-every (the trainer is timed by its reports)")
+    set_threads(args, device)
+    return device

@@ -36,15 +36,15 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import (
+    add_training_args,
+    resolve_training_args,
     machine_line,
-    resolve_device,
-    set_threads,
     sync,
     table,
     trainer_throughput,
     webvision_index,
 )
-from core.config import TrainConfig, default_workers
+from core.config import TrainConfig
 from core.data import ResumableSampler, WebVisionDataset, make_loader, normalize_on_device, train_transform
 from core.engine import Trainer
 from core.model import build_model
@@ -108,35 +108,9 @@ def trainer_loop(args, device: torch.device, index, out: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--model", default=None, help="default: inception_resnet_v2 on CUDA, resnet18 on CPU")
-    p.add_argument("--image-size", type=int, default=None, help="default: 299 on CUDA, 64 on CPU")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 128 on CUDA, 32 on CPU")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 15 on CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 on CUDA, 5 on CPU)")
-    p.add_argument("--report-every", type=int, default=None,
-                   help="steps between loss reads, both loops (default: 10 on CUDA, 5 on CPU)")
-    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each, best kept (default 3)")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
-    p.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers (both loops)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default on CPU: the cores the workers leave; on CUDA: torch's)")
-    p.add_argument("--short-side", type=int, default=None,
-                   help="JPEG short side (default 256 at 299 px, scaled with --image-size)")
+    add_training_args(p, repeats_default=3, repeats_help="alternating runs of each, best kept (default 3)")
     args = p.parse_args(argv)
-    device = resolve_device(args.device)
-    cuda = device.type == "cuda"
-    defaults = {"model": "inception_resnet_v2" if cuda else "resnet18", "image_size": 299 if cuda else 64,
-                "batch_size": 128 if cuda else 32, "steps": 50 if cuda else 15, "warmup": 10 if cuda else 5,
-                "report_every": 10 if cuda else 5}
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.short_side is None:
-        args.short_side = max(args.image_size, round(args.image_size * 256 / 299))
-    if args.warmup % args.report_every or args.steps % args.report_every:
-        p.error("--warmup and --steps must be multiples of --report-every (the trainer is timed by its reports)")
-    set_threads(args, device)
+    device = resolve_training_args(p, args)
 
     print(f"machine: {machine_line(device)}")
     print(f"{args.model}, {args.image_size} px, batch {args.batch_size}, "

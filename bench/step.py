@@ -25,15 +25,16 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import (
+    add_training_args,
+    resolve_training_args,
     machine_line,
     resolve_device,
-    set_threads,
     sync,
     table,
     trainer_throughput,
     webvision_index,
 )
-from core.config import TrainConfig, default_workers
+from core.config import TrainConfig
 from core.data import normalize_on_device
 from core.engine import Trainer
 from core.model import build_model
@@ -41,13 +42,6 @@ from core.model import build_model
 TARGET = 0.95
 CLASSES = 10
 
-
-def defaults_for(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {"model": "inception_resnet_v2", "image_size": 299, "batch_size": 128, "steps": 50, "warmup": 10,
-                "report_every": 10, "repeats": 1}
-    return {"model": "resnet18", "image_size": 64, "batch_size": 32, "steps": 15, "warmup": 5,
-            "report_every": 5, "repeats": 2}
 
 
 def model_only(args, device: torch.device, compile_model: bool) -> dict:
@@ -108,36 +102,12 @@ def full_loop(args, device: torch.device, compile_model: bool, index, out: str) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--model", default=None, help="default: inception_resnet_v2 on CUDA, resnet18 on CPU")
-    p.add_argument("--image-size", type=int, default=None, help="default: 299 on CUDA, 64 on CPU")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 128 on CUDA, 32 on CPU")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 15 on CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 on CUDA, 5 on CPU)")
-    p.add_argument("--report-every", type=int, default=None,
-                   help="trainer's report cadence (default: 10 on CUDA as in a real run, 5 on CPU)")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help="auto: bf16 on CUDA, off on CPU (as the trainer resolves it)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="alternating runs of each, best kept (default: 1 on CUDA, 2 on CPU)")
+    add_training_args(p, repeats_default=None,
+                      repeats_help="alternating runs of each, best kept (default: 1 on CUDA, 2 on CPU)")
     p.add_argument("--compile", default="off", choices=["off", "on", "both"], help="torch.compile the model")
-    p.add_argument("--workers", type=int, default=default_workers(), help="trainer's DataLoader workers")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads of the training process (default on CPU: the cores the workers "
-                        "leave, as more threads than free cores stall each other; on CUDA: torch's)")
-    p.add_argument("--short-side", type=int, default=None,
-                   help="JPEG short side (default 256 at 299 px, scaled with --image-size)")
     args = p.parse_args(argv)
-    device = resolve_device(args.device)
-    for key, value in defaults_for(device).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.short_side is None:
-        args.short_side = max(args.image_size, round(args.image_size * 256 / 299))
-    if args.warmup % args.report_every or args.steps % args.report_every:
-        p.error("--warmup and --steps must be multiples of --report-every (timing uses the reports)")
+    device = resolve_training_args(p, args, {"repeats": 1 if resolve_device(args.device).type == "cuda" else 2})
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    set_threads(args, device)
 
     print(f"machine: {machine_line(device)}")
     amp = Trainer._resolve_amp(args.amp, device)
