@@ -71,6 +71,11 @@ def primitives(ctx: DistContext, out_dir: str) -> None:
     ctx.sync_buffers(wrapped)
     rec["running_mean"] = model[1].running_mean.tolist()
     rec["num_batches_tracked"] = int(model[1].num_batches_tracked)
+    if ctx.rank == 0:
+        # torchrun SIGTERMs this rank as soon as it sees rank 1 gone; hold the signal (before the
+        # barrier, so rank 1 cannot exit first) so the test observes what gloo itself reports to
+        # a rank left waiting.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     ctx.barrier()
     write(out_dir, ctx.rank, rec)
 
@@ -78,9 +83,6 @@ def primitives(ctx: DistContext, out_dir: str) -> None:
     # clear error at once rather than hang.
     if ctx.rank == 1:
         os._exit(17)
-    # torchrun would SIGTERM this rank as soon as it sees rank 1 gone; hold the signal so the
-    # test observes what gloo itself reports to a rank left waiting.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     start = time.monotonic()
     try:
         ctx.broadcast_commands([])
