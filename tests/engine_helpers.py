@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any, Callable
 
+import pytest
 import torch
 from torch import nn
 
@@ -15,6 +16,7 @@ from core.engine import Trainer
 from core.events import Command, Event, fanout
 from core.model import build_model
 from core.runlog import RunLog
+from core.synthetic import make_webvision
 
 # 5 classes x 48 train images (48 px), 10 val images per class; trained at 32 px, batch 16:
 # 15 steps an epoch, about 2 s an epoch for resnet18 on one CPU core.
@@ -82,15 +84,20 @@ def running(trainer: Trainer, recorder: Recorder, timeout: float = 180.0):
     assert not thread.is_alive(), "the trainer did not finish"
 
 
-@contextlib.contextmanager
-def single_thread_torch():
-    # Two shared cores and several test processes: more intra-op threads only oversubscribe.
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Active in every module that imports it: two shared cores and several test processes, so
+    more intra-op threads only oversubscribe."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """The engine tests' dataset (DATASET), made once per test module that imports it."""
+    return make_webvision(str(tmp_path_factory.mktemp("engine") / "wv"), **DATASET)
 
 
 def make_trainer(cfg: TrainConfig, recorder: Recorder, **kw: Any) -> Trainer:

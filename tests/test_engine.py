@@ -24,29 +24,17 @@ from core.events import (
     StepStats,
 )
 from core.runlog import read_metrics
-from core.synthetic import make_webvision
 from engine_helpers import (
-    DATASET,
     STEPS_PER_EPOCH,
     Recorder,
     assert_same_weights,
     config,
     make_trainer,
     running,
-    single_thread_torch,
+    one_torch_thread,  # noqa: F401 - module fixture
+    root,  # noqa: F401 - fixture
     weights,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread_torch():
-        yield
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_webvision(str(tmp_path_factory.mktemp("engine") / "wv"), **DATASET)
 
 
 @pytest.fixture(scope="module")

@@ -23,21 +23,10 @@ from core.events import (
     StepStats,
 )
 from core.runlog import read_metrics
-from core.synthetic import make_webvision
-from engine_helpers import DATASET, Recorder, config, faulty, make_trainer, single_thread_torch
+from engine_helpers import Recorder, config, faulty, make_trainer
+from engine_helpers import one_torch_thread, root  # noqa: F401 - fixtures
 
 STEPS = 5  # steps per epoch in these tests (max_steps_per_epoch)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread_torch():
-        yield
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_webvision(str(tmp_path_factory.mktemp("faults") / "wv"), **DATASET)
 
 
 def digest(path: str) -> str:
