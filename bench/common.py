@@ -49,6 +49,52 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def set_speed_flags(device: torch.device) -> dict:
+    """cudnn.benchmark and TF32 on, as the Trainer sets them, set once before any timed run.
+
+    The Trainer sets these flags process-wide in `prepare()`; without setting them first, a
+    model-only run made before the first Trainer would time other kernels than the loop after it.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return speed_flags()
+
+
+def speed_flags() -> dict:
+    """The global flags that choose kernels, read at the start of each timed window."""
+    return {"cudnn.benchmark": torch.backends.cudnn.benchmark,
+            "matmul.tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn.tf32": torch.backends.cudnn.allow_tf32}
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    from core.engine import Trainer
+
+    return Trainer._resolve_amp(amp, device)
+
+
+# make_loader's prefetch_factor: batches each worker may hold ready ahead of the loop.
+PREFETCH_FACTOR = 4
+
+
+def drain_steps(workers: int, report_every: int) -> int:
+    """Batches to take without computing after warm-up, so that timing starts from an empty queue.
+
+    During warm-up (model start, cudnn autotuning, compilation) the workers fill the loader's
+    buffer: workers x prefetch_factor batches, one in the pin-memory thread and one in the
+    prefetcher. A window that starts with that buffer full is partly served without waiting,
+    so an input-bound loop would look faster than its loader. Taking the buffered batches and one
+    more per worker without computing leaves the queue empty (the last takes waited on a worker);
+    rounded up to the report cadence, by which the trainer is timed.
+    """
+    if workers == 0:
+        return 0  # batches are made on demand in the loop itself: no queue to drain
+    n = workers * (PREFETCH_FACTOR + 1) + 2
+    return -(-n // report_every) * report_every
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued device work, so a timer stopped after it measures the work itself."""
     if device.type == "cuda":
@@ -103,33 +149,47 @@ def webvision_index(out_dir: str, *, samples: int, short_side: int, classes: int
     return index
 
 
-def trainer_throughput(config, index, *, warmup: int, steps: int, model_factory=None) -> dict:
+def trainer_throughput(config, index, *, warmup: int, steps: int, drain: int = 0,
+                       model_factory=None) -> dict:
     """Images/s, data-wait, peak memory and the training process's CPU time per step (all its
-    threads; workers excluded) of wvtui's Trainer over steps warmup..warmup+steps.
+    threads; workers excluded) of wvtui's Trainer over the `steps` steps after warm-up and drain.
 
-    Timing comes from the trainer's own StepStats reports, each preceded by its device sync,
-    so queued GPU work is inside the window; the run is stopped without a save right after.
-    `config.report_every` must divide warmup and steps.
+    Steps warmup..warmup+drain take their batch without computing (see `drain_steps`), so the
+    timed window starts from an empty loader queue. Timing comes from the trainer's own StepStats
+    reports, each preceded by its device sync, so queued GPU work is inside the window; the peak
+    memory is reset at the window's first report and read at its last, the same window the
+    model-only figure uses. The run is stopped without a save right after.
+    `config.report_every` must divide warmup, drain and steps.
     """
     from core.engine import Trainer
     from core.events import Command, RunError, StepStats
 
     import gc
 
+    start, end = warmup + drain, warmup + drain + steps
     marks: dict[int, float] = {}
     cpu_marks: dict[int, float] = {}
     waits: list[tuple[int, float]] = []
     errors: list[str] = []
     holder = []
+    window: dict = {}
 
     def sink(ev) -> None:
+        # Called on the thread that trains, right after the report's device sync.
         if isinstance(ev, StepStats):
             now = time.perf_counter()
             marks[ev.step] = now
             cpu_marks[ev.step] = time.process_time()
-            if warmup < ev.step <= warmup + steps:
+            device = holder[0].device
+            if ev.step == start:
+                window["flags"] = speed_flags()
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+            if start < ev.step <= end:
                 waits.append((ev.step, ev.data_wait))
-            if ev.step >= warmup + steps:
+            if ev.step == end:
+                if device.type == "cuda":
+                    window["peak"] = torch.cuda.max_memory_allocated(device) / 2**30
                 holder[0].submit(Command.STOP_NO_SAVE)
         elif isinstance(ev, RunError):
             errors.append(ev.message)
@@ -138,23 +198,40 @@ def trainer_throughput(config, index, *, warmup: int, steps: int, model_factory=
     trainer = Trainer(config, sink, index=index, **kwargs)
     holder.append(trainer)
     trainer.prepare()
-    if trainer.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.device)
+    if drain:
+        _skip_steps(trainer, after=warmup, count=drain)
     finished = trainer.run()
-    if errors or warmup not in marks or warmup + steps not in marks:
+    if errors or start not in marks or end not in marks:
         raise RuntimeError(f"trainer run ended ({finished.reason}) without the timed reports: {errors}")
-    seconds = marks[warmup + steps] - marks[warmup]
+    seconds = marks[end] - marks[start]
     # Each report's data_wait is a fraction of its own window; windows hold equal step counts.
     data_wait = sum(w for _, w in waits) / max(1, len(waits))
-    peak = torch.cuda.max_memory_allocated(trainer.device) / 2**30 if trainer.device.type == "cuda" else None
     # The trainer's persistent workers live as long as it does: end them before the next run
     # forks its own (a fork would otherwise inherit this trainer's loader iterators).
     holder.clear()
     del trainer
     gc.collect()
-    cpu = cpu_marks[warmup + steps] - cpu_marks[warmup]
-    return {"img_s": steps * config.batch_size / seconds, "data_wait": data_wait, "peak_gib": peak,
-            "seconds": seconds, "cpu_ms_per_step": 1000 * cpu / steps}
+    cpu = cpu_marks[end] - cpu_marks[start]
+    return {"img_s": steps * config.batch_size / seconds, "data_wait": data_wait,
+            "peak_gib": window.get("peak"), "seconds": seconds, "cpu_ms_per_step": 1000 * cpu / steps,
+            "flags": window.get("flags")}
+
+
+def _skip_steps(trainer, *, after: int, count: int) -> None:
+    """Make training steps after+1..after+count take their batch and return a zero loss."""
+    real = getattr(trainer, "_train_step", None)
+    if real is None:
+        raise RuntimeError("Trainer._train_step is gone: bench/common.py drains the queue through it")
+    zero = torch.zeros((), device=trainer.device)
+    calls = [0]
+
+    def step(images, labels):
+        calls[0] += 1
+        if after < calls[0] <= after + count:
+            return zero
+        return real(images, labels)
+
+    trainer._train_step = step
 
 
 def set_threads(args, device: torch.device) -> None:
@@ -173,7 +250,8 @@ def add_training_args(p, *, repeats_default: int | None, repeats_help: str) -> N
     p.add_argument("--model", default=None, help="default: inception_resnet_v2 on CUDA, resnet18 on CPU")
     p.add_argument("--image-size", type=int, default=None, help="default: 299 on CUDA, 64 on CPU")
     p.add_argument("--batch-size", type=int, default=None, help="default: 128 on CUDA, 32 on CPU")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 15 on CPU)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps (default: 120 on CUDA, twice the 15 workers x 4 prefetched batches; 15 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 on CUDA, 5 on CPU)")
     p.add_argument("--report-every", type=int, default=None,
                    help="trainer's report cadence, and the bare loop's loss reads (default: 10 on CUDA as "
@@ -194,13 +272,15 @@ def resolve_training_args(p, args, extra_defaults: dict | None = None) -> torch.
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     defaults = {"model": "inception_resnet_v2" if cuda else "resnet18", "image_size": 299 if cuda else 64,
-                "batch_size": 128 if cuda else 32, "steps": 50 if cuda else 15, "warmup": 10 if cuda else 5,
+                "batch_size": 128 if cuda else 32, "steps": 120 if cuda else 15, "warmup": 10 if cuda else 5,
                 "report_every": 10 if cuda else 5, **(extra_defaults or {})}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.short_side is None:
         args.short_side = max(args.image_size, round(args.image_size * 256 / 299))
+    if min(args.steps, args.warmup, args.report_every, args.batch_size, args.image_size) < 1 or args.workers < 0:
+        p.error("--steps, --warmup, --report-every, --batch-size and --image-size must be positive")
     if args.warmup % args.report_every or args.steps % args.report_every:
         p.error("--warmup and --steps must be multiples of --report-every (the trainer is timed by its reports)")
     set_threads(args, device)

@@ -7,7 +7,8 @@ Writes a WebVision-Google-sized info/ (1000 classes, 1632 queries, about a milli
 subprocess, side by side in one run:
   plain    the reference loader's shape: readlines(), split() each line, lists of str and int
   stream   a leaner plain parse: iterate the file, keep only the selected lines as lists
-  index    core.webvision.WebVisionIndex.load (chunked numpy parse into arrays + path buffer)
+  index    core.webvision.WebVisionIndex.load (core.listfile's chunked numpy parse into arrays
+           + one path buffer)
 Time is the best of --repeat parses; memory is the peak of Python/numpy allocations
 (tracemalloc, in a separate subprocess so tracing does not slow the timed one) and the growth
 of the process's peak RSS over its RSS before parsing.
@@ -38,9 +39,10 @@ def write_lists(root: str, lines: int, seed: int = 0) -> None:
     # Every class gets one query, the other 632 go to random classes: 1632 like WebVision.
     query_label = np.concatenate([np.arange(1000), rng.integers(0, 1000, 632)])
     with open(os.path.join(info, "queries_google.txt"), "w") as f:
-        f.writelines(f"q{q + 1:04d} query text for class {query_label[q]}\n" for q in range(1632))
+        # The official shapes: plain query numbers here, folders "q%04d" % number in the lists.
+        f.writelines(f"{q + 1} query text for class {query_label[q]}\n" for q in range(1632))
     with open(os.path.join(info, "queries_synsets_map.txt"), "w") as f:
-        f.writelines(f"q{q + 1:04d} {query_label[q] + 1}\n" for q in range(1632))
+        f.writelines(f"{q + 1} {query_label[q] + 1}\n" for q in range(1632))
     # At least one image per query, so that every class has images and any N can be selected.
     per_query = 1 + rng.multinomial(lines - 1632, rng.dirichlet(np.full(1632, 2.0)))
     with open(os.path.join(info, "train_filelist_google.txt"), "w") as f:

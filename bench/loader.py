@@ -1,7 +1,8 @@
 """Input pipeline speed: the reference's train transform against wvtui's, per core and in a DataLoader.
 
-    python -m bench.loader                       # 200 JPEGs, short side 256, crop 299
-    python -m bench.loader --images 1000 --batch-size 128 --workers 1 2 4 8 16
+    python bench/loader.py                       # 200 JPEGs, short side 256, crop 299
+    python bench/loader.py --images 1000 --batch-size 128 --workers 1 2 4 8 16
+    python bench/loader.py --images 20 --short-side 64 --image-size 32 --repeats 1 --workers 1
 
 Per core: one process, one torch thread, every image of the same set through each pipeline in
 turn (interleaved, best of --repeats): the reference (Pillow open + convert RGB, Resize 320,
@@ -18,14 +19,17 @@ import sys
 import tempfile
 import time
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
-from torchvision.datasets.folder import pil_loader
-from torchvision.transforms.v2 import functional as F
+if __package__ in (None, ""):  # run as `python bench/loader.py`: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import cores, machine_line, synthetic_tree, table
-from core.data import (
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torchvision import transforms as T  # noqa: E402
+from torchvision.datasets.folder import pil_loader  # noqa: E402
+from torchvision.transforms.v2 import functional as F  # noqa: E402
+
+from bench.common import cores, machine_line, synthetic_tree, table  # noqa: E402
+from core.data import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
     ResumableSampler,
@@ -33,7 +37,7 @@ from core.data import (
     make_loader,
     train_transform,
 )
-from core.webvision import WebVisionIndex
+from core.webvision import WebVisionIndex  # noqa: E402
 
 TARGET = 3.0
 

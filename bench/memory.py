@@ -1,7 +1,7 @@
 """DataLoader worker memory over a full pass of a full-scale (one million entry) index.
 
-    python -m bench.memory                          # 1,000,000 entries, 2 workers (all cores)
-    python -m bench.memory --workers 8 --variant-samples 1000000
+    python bench/memory.py                          # 1,000,000 entries, workers on all cores
+    python bench/memory.py --entries 20000 --variant-samples 5000 --workers 1   # in seconds
 
 Writes a WebVision tree whose train list has --entries lines (1000 classes x 1000 queries x
 1000 images): the query folders are symlinks to one folder of hardlinks to a few tiny JPEGs,
@@ -13,12 +13,11 @@ point is memory, not speed); each worker runs one full garbage collection early 
 RSS (VmHWM and probes) at the end. Target: worker RSS growth under 10% over the pass.
 
 RSS counts the pages a worker shares with its parent, so copy-on-write (a shared page that
-becomes private) does not move it; USS (private pages) is the figure that shows it. Side by
-side, for --variant-samples of a shuffled order each:
-  wvtui + gc.freeze() in workers
-                       the same loader with one gc.freeze() at the end of the worker init (the
-                       change this benchmark suggests for core.data): a full garbage collection
-                       in a worker otherwise writes to every inherited object, copying its page.
+becomes private) does not move it; USS (private pages) is the figure that shows it. core.data's
+worker init calls gc.freeze(), which this benchmark once showed is needed: a full garbage
+collection in a worker otherwise writes to every inherited object, copying its page (+81 MB
+USS per worker over a million samples, +1 MB with it). Side by side, for --variant-samples of
+a shuffled order:
   reference list       the reference's index shape, a Python list of (path, label) tuples,
                        through the same decode and workers: reference counting writes to every
                        object a worker touches (pytorch/pytorch#13246). A random tenth of a
@@ -29,7 +28,6 @@ side, for --variant-samples of a shuffled order each:
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import os
 import resource
@@ -37,16 +35,19 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import psutil
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.io import ImageReadMode, decode_image, read_file
+if __package__ in (None, ""):  # run as `python bench/memory.py`: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import cores, machine_line, table
-from core.data import ResumableSampler, WebVisionDataset, make_loader
-from core.webvision import WebVisionIndex
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, Subset  # noqa: E402
+from torchvision.io import ImageReadMode, decode_image, read_file  # noqa: E402
+
+from bench.common import cores, machine_line, table  # noqa: E402
+from core.data import ResumableSampler, WebVisionDataset, make_loader  # noqa: E402
+from core.webvision import WebVisionIndex  # noqa: E402
 
 TARGET = 0.10
 MB = 1 << 20
@@ -74,9 +75,9 @@ def write_tree(root: str, entries: int, size: int) -> int:
     with open(os.path.join(info, "synsets.txt"), "w") as f:
         f.writelines(f"n{i:08d} class {i}\n" for i in range(classes))
     with open(os.path.join(info, "queries_google.txt"), "w") as f:
-        f.writelines(f"q{q + 1:04d} query {q}\n" for q in range(classes))
+        f.writelines(f"{q + 1} query {q}\n" for q in range(classes))  # official: plain numbers
     with open(os.path.join(info, "queries_synsets_map.txt"), "w") as f:
-        f.writelines(f"q{q + 1:04d} {q + 1}\n" for q in range(classes))
+        f.writelines(f"{q + 1} {q + 1}\n" for q in range(classes))
     for q in range(classes):
         os.symlink("_files", os.path.join(root, "google", f"q{q + 1:04d}"))
     with open(os.path.join(info, "train_filelist_google.txt"), "w") as f:
@@ -94,12 +95,6 @@ def write_tree(root: str, entries: int, size: int) -> int:
 
 def as_is(img: torch.Tensor) -> torch.Tensor:
     return img
-
-
-def init_then_freeze(init, worker_id: int) -> None:
-    if init is not None:
-        init(worker_id)
-    gc.freeze()
 
 
 class CollectOnce(Dataset):
@@ -201,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=None,
                    help="samples to pass through wvtui's loader (default: all entries, one epoch)")
     p.add_argument("--variant-samples", type=int, default=100_000,
-                   help="samples through the gc.freeze() variant and the reference index shape "
-                        "(0 skips them; default 100,000)")
+                   help="samples through the reference index shape (0 skips it; default 100,000)")
     p.add_argument("--image-size", type=int, default=32, help="JPEG size and crop (default 32)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=cores(), help="DataLoader workers (default: all cores)")
@@ -241,15 +235,6 @@ def main(argv: list[str] | None = None) -> int:
         del loader
 
         if args.variant_samples:
-            # The change this benchmark suggests for core.data's worker init: one gc.freeze() in
-            # each worker moves every inherited object out of the collector's reach (it only
-            # relinks the generation lists, writing to no object), so a full collection there no
-            # longer writes to, and copies, every page holding one.
-            loader = wvtui_loader(min(args.variant_samples, n))
-            loader.worker_init_fn = functools.partial(init_then_freeze, loader.worker_init_fn)
-            results.append(run_pass("wvtui + gc.freeze() in workers", loader, args.probe_every))
-            del loader
-
             items = [(index.train.path(i), int(index.train.labels[i])) for i in range(n)]
             order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
             subset = CollectOnce(Subset(ReferenceIndexDataset(items, as_is),

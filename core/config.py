@@ -7,18 +7,25 @@ SGD 0.1/0.9/5e-4, batch 128, 80 epochs, MultiStepLR at 30 and 60).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 
 def default_workers() -> int:
-    """One decoding worker per core the process may use, leaving one for the training loop."""
+    """One decoding worker per core this process's share of the machine holds, leaving one for
+    the training loop. Under torchrun every local rank starts its own workers, so the cores are
+    shared out by LOCAL_WORLD_SIZE first (8 ranks on 64 cores: 7 workers each, not 16)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         cores = os.cpu_count() or 1
-    return max(1, min(cores - 1, 16))
+    try:
+        local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_ranks = 1
+    return max(1, min(cores // local_ranks - 1, 16))
 
 
 @dataclass
@@ -42,6 +49,9 @@ class TrainConfig:
     resume: str | None = None  # PATH | "auto" | None
     compile: bool = False
     use_flickr: bool = False
+    # The ILSVRC2012 val images of the trained synsets (--imagenet-val); scored at every evaluation.
+    imagenet_val: str | None = None
+    tensorboard: bool = True  # OUT/tb/ (--no-tb turns it off)
     # Step stats are reported every `report_every` steps or `report_interval_s`, whichever is later.
     report_every: int = 10
     report_interval_s: float = 0.5
@@ -61,12 +71,21 @@ class TrainConfig:
             errors.append("--epochs must be >= 1")
         if self.batch_size < 1:
             errors.append("--batch-size must be >= 1")
-        if self.lr <= 0:
-            errors.append("--lr must be > 0")
-        if not 0 <= self.momentum < 1:
-            errors.append("--momentum must be in [0, 1)")
-        if self.weight_decay < 0:
-            errors.append("--weight-decay must be >= 0")
+        # `x <= 0` is False for NaN, so finiteness is checked first: `--lr nan` must not start.
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            errors.append(f"--lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            errors.append(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            errors.append(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if not math.isfinite(self.gamma) or self.gamma <= 0:
+            errors.append(f"--gamma must be a finite number > 0, got {self.gamma}")
+        if any(m < 1 for m in self.milestones):
+            errors.append(f"--milestones must be epochs >= 1, got {' '.join(map(str, self.milestones))}")
+        if not math.isfinite(self.report_interval_s) or self.report_interval_s < 0:
+            errors.append("report_interval_s must be a finite number >= 0")
+        if self.nonfinite_patience < 1:
+            errors.append("nonfinite_patience must be >= 1")
         if self.image_size < 32:
             errors.append("--image-size must be >= 32")
         if self.workers < 0:

@@ -7,8 +7,8 @@ MASTER_PORT; `DistContext.from_env` reads them. Every rank runs the same `Traine
 the one that talks to the user and writes files.
 
 Two process groups: the default one (NCCL on GPUs, gloo on CPU) carries gradients and tensor
-reductions; a gloo group carries the small per-step control messages (commands, decisions,
-barriers), so they cost no host-device synchronisation and never queue behind gradient traffic.
+reductions; a gloo group carries the small per-step control messages (commands, small
+objects, barriers), so they cost no host-device synchronisation and never queue behind gradient traffic.
 
 When one rank fails, the others must not hang:
 - a rank that raises ends its run, calls `shutdown(abort=True)` and exits non-zero; torchrun
@@ -24,16 +24,22 @@ is the identity or a no-op, so the single-GPU path pays nothing.
 
 How the trainer uses it (every collective must be reached by every rank in the same order):
 - `dist = DistContext.from_env(cfg.device)`; `device = dist.device(cfg.device)`; load weights
-  into the plain model, then `model = dist.wrap(model)`. Sampler shard: rank/world_size.
-- Each step boundary: `cmds = dist.broadcast_commands(pending)` on every rank; apply in order.
-- Paused: rank 0 waits on its event with a timeout of about a second and calls
-  `broadcast_commands` again; other ranks call it in a loop. Each collective stays short,
-  so a pause of any length never meets the process-group timeout.
-- Anything timed by a clock (the report cadence) is decided by rank 0: `broadcast_flag(due)`,
-  then `all_reduce_sum` of the window's stats (losses, images, bad-image counts).
-- Evaluation: `sync_buffers(model)`, forward with `unwrap(model)` over `shard(len(val))`, then
-  `all_reduce_sum` of int64 counts (correct@1, correct@5, images, per class) and the loss sum.
-- Checkpoint: `sync_buffers(model)` on every rank; rank 0 saves `unwrap(model).state_dict()`.
+  into the plain model, then `model = dist.wrap(model)`. Sampler shard: rank/world_size. The
+  trainer also makes `device` current on the thread that trains (the current CUDA device is
+  per thread; `from_env` can only set it on the thread that builds the context).
+- Each step boundary: `broadcast_commands(local)` on every rank (core.commands); every rank
+  applies the same list in order.
+- Paused: rank 0 waits on its command condition for at most `core.commands.PAUSE_POLL_S`
+  (0.5 s) and exchanges again; the other ranks wait inside the exchange. Each collective stays
+  short, so a pause of any length never meets the process-group timeout.
+- The loss of a reporting window: `all_reduce_sum` after the same number of steps on every
+  rank, so the non-finite decision is the same everywhere; only rank 0 emits the report, so
+  its clock decides nothing the other ranks must follow.
+- Evaluation (core.evaluate): `sync_buffers(model)`, forward with the plain module over
+  `shard(len(val))`, then one `all_reduce_sum` of the float64 counts and loss sum.
+- Checkpoint: rank 0 saves `unwrap(model).state_dict()` (DDP gives every rank rank 0's
+  buffers at each forward); the CUDA generator states come from every rank through
+  `all_gather_object`, so each rank resumes its own stream.
 - Exceptions: message = `dist.explain(exc) or str(exc)`; then `dist.shutdown(abort=True)` and
   no further collective; the process then exits non-zero and torchrun ends the others.
 """
@@ -217,6 +223,13 @@ class DistContext:
             gradient_as_bucket_view=True,
         )
 
+    @property
+    def grads_are_bucket_views(self) -> bool:
+        """Whether `wrap` made gradients views into DDP's buckets: then zero them in place
+        (`zero_grad(set_to_none=False)`); setting them to None makes DDP copy every gradient
+        into its bucket again at each step."""
+        return self.enabled
+
     @staticmethod
     def unwrap(model: nn.Module) -> nn.Module:
         """The plain module under DDP and torch.compile wrappers (what checkpoints hold).
@@ -259,7 +272,8 @@ class DistContext:
 
         Call once per step boundary on every rank. Commands given on other ranks are applied
         too (once each, after rank 0's), so a signal delivered to any rank stops every rank at
-        the same step. Cost: one all-reduce of 14 integers on the gloo group.
+        the same step. Cost: one all-reduce of COMMAND_SLOTS + one integer per command kind
+        on the gloo group.
         """
         if not self.enabled:
             return list(commands)
@@ -279,18 +293,6 @@ class DistContext:
                 out.append(_COMMANDS[i])
         return out
 
-    def broadcast_flag(self, flag: bool) -> bool:
-        """Rank 0's decision, on every rank (e.g. "report stats now", which depends on a clock).
-
-        Decisions that lead to a collective must be taken by rank 0 alone: two ranks reading
-        their own clocks could disagree and leave one waiting forever.
-        """
-        if not self.enabled:
-            return bool(flag)
-        t = torch.tensor([1 if flag else 0], dtype=torch.int64)
-        self._collective("flag broadcast", dist.broadcast, t, src=0, group=self._control)
-        return bool(t.item())
-
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's picklable value on every rank (run directory, resolved resume path, ...)."""
         if not self.enabled:
@@ -300,6 +302,14 @@ class DistContext:
             "object broadcast", dist.broadcast_object_list, box, src=0, group=self._control
         )
         return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's picklable value, indexed by rank, on every rank (e.g. CUDA RNG states)."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        self._collective("object gather", dist.all_gather_object, out, obj, group=self._control)
+        return out
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum over ranks, in place, and returned. GPU tensors go over NCCL, CPU ones over gloo.

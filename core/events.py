@@ -1,16 +1,20 @@
-"""What the trainer tells its front ends (console, headless printer, run log, tests).
+"""What the trainer tells its front ends: one vocabulary for the console, headless printer,
+run log, tests and (later) the attach socket.
 
 Events are small immutable dataclasses. The trainer calls `sink(event)` from its own thread;
-a sink must return quickly and never block on a UI. `to_record()` gives the plain dict that
-`metrics.jsonl` and tests use.
+a sink must return quickly and never block on a UI. Each event class names its record
+(`RECORD`, the `"event"` value of a `metrics.jsonl` line) and serialises itself:
+`to_record()` gives a plain JSON-ready dict and `event_from_record()` rebuilds the event, so
+whatever writes or carries events (run log, socket) needs no table of fields of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 
 class Command(str, enum.Enum):
@@ -22,6 +26,8 @@ class Command(str, enum.Enum):
     EVALUATE = "evaluate"
     STOP = "stop"  # checkpoint, then end the run
     STOP_NO_SAVE = "stop_no_save"  # end the run without a final checkpoint
+    # Nobody is left to resume a pause (the terminal hung up): a non-finite loss now stops.
+    NONFINITE_STOPS = "nonfinite_stops"
 
 
 class RunState(str, enum.Enum):
@@ -35,14 +41,71 @@ class RunState(str, enum.Enum):
     ERROR = "error"
 
 
+def _plain(value: Any) -> Any:
+    """JSON-ready: enums by value, tuples as lists, non-finite floats as null (JSON has no NaN)."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+_REGISTRY: dict[str, type[Event]] = {}
+
+
 @dataclass(frozen=True)
 class Event:
+    RECORD: ClassVar[str] = ""  # the "event" value of this event's record
+    LOGGED: ClassVar[bool] = True  # whether the run log writes it to metrics.jsonl
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.RECORD:
+            _REGISTRY[cls.RECORD] = cls
+
     def to_record(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        record: dict[str, Any] = {"event": self.RECORD}
+        for f in dataclasses.fields(self):
+            record[f.name] = _plain(getattr(self, f.name))
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Event:
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in record:
+                continue  # an older record without a newer field: the field's default applies
+            v = record[f.name]
+            if v is None and f.type in ("float", float):
+                v = float("nan")
+            elif isinstance(v, list) and str(f.type).startswith("tuple"):
+                v = tuple(tuple(x) if isinstance(x, list) else
+                          float("nan") if x is None and "float" in str(f.type) else x for x in v)
+            elif f.name in ("state", "previous") and v is not None:
+                v = RunState(v)
+            values[f.name] = v
+        return cls(**values)
+
+
+def event_from_record(record: dict[str, Any]) -> Event:
+    """The event a record was made from; ValueError for an unknown or malformed record."""
+    name = record.get("event") if isinstance(record, dict) else None
+    cls = _REGISTRY.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"not an event record: {record!r:.80}")
+    try:
+        return cls.from_record(record)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"malformed {name!r} record: {e}") from None
 
 
 @dataclass(frozen=True)
 class RunStarted(Event):
+    RECORD: ClassVar[str] = "started"
     config: dict[str, Any]
     summary: dict[str, Any]  # WebVisionIndex.summary() as a dict
     device: str  # e.g. "cuda:0 (NVIDIA H200)" or "cpu"
@@ -60,13 +123,28 @@ class RunStarted(Event):
 
 @dataclass(frozen=True)
 class StateChanged(Event):
+    """The one event of a state transition (running -> paused is "paused", and so on)."""
+
+    RECORD: ClassVar[str] = "state"
     state: RunState
     epoch: int
     step: int
+    previous: RunState | None = None
+
+
+@dataclass(frozen=True)
+class ConfigChanged(Event):
+    """Settings that differ from the resumed checkpoint's and now apply: {name: [old, new]}."""
+
+    RECORD: ClassVar[str] = "config_change"
+    epoch: int
+    step: int
+    changes: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class StepStats(Event):
+    RECORD: ClassVar[str] = "train"
     epoch: int  # 0-based
     step: int  # global optimizer steps done
     epoch_step: int  # steps done in this epoch
@@ -85,6 +163,7 @@ class StepStats(Event):
 
 @dataclass(frozen=True)
 class EvalResult(Event):
+    RECORD: ClassVar[str] = "eval"
     epoch: int
     step: int
     loss: float
@@ -95,12 +174,23 @@ class EvalResult(Event):
     manual: bool
     is_best: bool
     seconds: float
-    images: int
+    images: int  # images scored (readable ones)
     per_class_acc1: tuple[float, ...] = field(default=())
+    images_total: int = 0  # images in the val set, readable or not (0: same as `images`)
+    # The most frequent mistakes, ((true label, predicted label, count), ...), most frequent first.
+    confusions: tuple[tuple[int, int, int], ...] = field(default=())
+    # The ILSVRC2012 val images of the same classes (--imagenet-val); None when not evaluated.
+    imagenet_loss: float | None = None
+    imagenet_acc1: float | None = None
+    imagenet_acc5: float | None = None
+    imagenet_images: int = 0
+    imagenet_per_class_acc1: tuple[float, ...] = field(default=())
+    imagenet_confusions: tuple[tuple[int, int, int], ...] = field(default=())
 
 
 @dataclass(frozen=True)
 class EpochEnd(Event):
+    RECORD: ClassVar[str] = "epoch"
     epoch: int
     step: int
     seconds: float
@@ -109,34 +199,25 @@ class EpochEnd(Event):
 
 @dataclass(frozen=True)
 class CheckpointSaved(Event):
+    RECORD: ClassVar[str] = "checkpoint"
     path: str
-    reason: str  # epoch | manual | stop | signal | best | error
+    reason: str  # epoch | manual | stop | signal | hangup | best
     epoch: int
     step: int
     seconds: float
 
 
 @dataclass(frozen=True)
-class Paused(Event):
-    epoch: int
-    step: int
-
-
-@dataclass(frozen=True)
-class Resumed(Event):
-    epoch: int
-    step: int
-
-
-@dataclass(frozen=True)
 class RunWarning(Event):
-    kind: str  # bad_images | nonfinite | checkpoint | ...
+    RECORD: ClassVar[str] = "warning"
+    kind: str  # bad_images | nonfinite | checkpoint | resume | ...
     message: str
     paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class RunError(Event):
+    RECORD: ClassVar[str] = "error"
     kind: str  # oom | checkpoint | exception | nonfinite
     message: str
     traceback: str = ""
@@ -144,12 +225,16 @@ class RunError(Event):
 
 @dataclass(frozen=True)
 class RunFinished(Event):
+    RECORD: ClassVar[str] = "finished"
     reason: str  # completed | stopped | error | nonfinite
     epoch: int
     step: int
     best_acc1: float
     best_acc5: float
     seconds: float
+    # Whether the latest checkpoint write of the run failed (disk full, ...): such a run did
+    # not keep its progress, whatever the reason it ended for.
+    checkpoint_failed: bool = False
 
 
 Sink = Callable[[Event], None]

@@ -17,6 +17,7 @@ __all__ = [
     "MIN_INPUT_SIZE",
     "available_models",
     "build_model",
+    "check_input_size",
     "count_parameters",
 ]
 
@@ -242,8 +243,23 @@ def available_models() -> list[str]:
     return [_OUR_NAMES[0], *_torchvision_names()]
 
 
+# Smallest input side of the torchvision classifiers that fail at the CLI's floor of 32 px,
+# found by bisection with meta-tensor forwards in training mode (alexnet's pools run out at 62).
+_MIN_INPUT_SIZES = {"alexnet": 63, "inception_v3": 75}
+# Models whose shapes are fixed at construction: position embeddings (vit_*), attention grids (maxvit).
+_FIXED_INPUT_SIZES = {"maxvit_t": 224, **{n: 224 for n in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")}}
+# Without weights torchvision lets these drop their auxiliary heads; with the heads they return
+# a (logits, aux...) namedtuple in training, which the trainer's loss cannot take.
+_NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True},
+           "inception_v3": {"aux_logits": False, "init_weights": True}}
+
+
 def build_model(name: str, num_classes: int) -> nn.Module:
-    """A freshly initialised classifier (no pretrained weights) with `num_classes` outputs."""
+    """A freshly initialised classifier (no pretrained weights) with `num_classes` outputs.
+
+    Its forward returns the logits tensor in training and evaluation alike. Models with input
+    size limits carry them as `min_input_size` / `fixed_input_size`; see `check_input_size`.
+    """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(name, str):
@@ -252,13 +268,38 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     if key in _OUR_NAMES:
         return InceptionResNetV2(num_classes=num_classes)
     tv = _torchvision_names()
-    if key in tv:
-        return torchvision.models.get_model(key, weights=None, num_classes=num_classes)
-    examples = ", ".join([_OUR_NAMES[0], "resnet50", "resnet18", "efficientnet_b0", "convnext_tiny"])
-    raise ValueError(
-        f"unknown model {name!r}; use {examples} or another of the {len(tv) + 1} names "
-        "in core.model.available_models()"
-    )
+    if key not in tv:
+        examples = ", ".join([_OUR_NAMES[0], "resnet50", "resnet18", "efficientnet_b0", "convnext_tiny"])
+        raise ValueError(
+            f"unknown model {name!r}; use {examples} or another of the {len(tv) + 1} names "
+            "in core.model.available_models()"
+        )
+    model = torchvision.models.get_model(key, weights=None, num_classes=num_classes, **_NO_AUX.get(key, {}))
+    if key in _MIN_INPUT_SIZES:
+        model.min_input_size = _MIN_INPUT_SIZES[key]
+    fixed = getattr(model, "image_size", None) if key.startswith("vit_") else _FIXED_INPUT_SIZES.get(key)
+    if fixed is not None:
+        model.fixed_input_size = int(fixed)
+    return model
+
+
+def check_input_size(name: str, model: nn.Module | None, image_size: int) -> None:
+    """ValueError (one line, in the CLI's words) when `model` cannot take `image_size` px inputs.
+
+    Reads the model's `fixed_input_size` / `min_input_size` attributes (absent: no limit); with
+    `model=None` the limits of the named model are looked up without building it.
+    """
+    key = name.strip().lower()
+    if model is None:
+        fixed = _FIXED_INPUT_SIZES.get(key)
+        least = MIN_INPUT_SIZE if key in _OUR_NAMES else _MIN_INPUT_SIZES.get(key, 0)
+    else:
+        fixed = getattr(model, "fixed_input_size", None)
+        least = getattr(model, "min_input_size", 0)
+    if fixed is not None and image_size != fixed:
+        raise ValueError(f"--model {name} takes --image-size {fixed} only (got {image_size})")
+    if image_size < least:
+        raise ValueError(f"--image-size {image_size} is too small for --model {name}: use {least} or more")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

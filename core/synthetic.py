@@ -2,12 +2,15 @@
 
     python -m core.synthetic /tmp/wv --classes 5 --queries-per-class 2 --images-per-query 20
 
-writes ROOT/info/{synsets,queries_google,queries_synsets_map,train_filelist_google,val_filelist}.txt
-(synsets.txt has all 1000 lines; only the first `classes` labels have queries and images),
-JPEGs under ROOT/google/qNNNN/ and ROOT/val_images_256/, and ROOT/synthetic.json with the true
-counts and the planted files, for tests. Each class has its own hue and stripe frequency spread
-over the whole image, under noise and a randomly placed blob, so any RandomResizedCrop and flip
-still shows it. The same arguments and seed give the same bytes.
+writes every official info file in its official line shapes (../shared/DESIGN.md section 3):
+ROOT/info/synsets.txt (all 1000 lines; only the first `classes` labels have images),
+queries_google.txt and queries_flickr.txt (`1 synthetic class 0 view 0`: plain query numbers),
+queries_synsets_map.txt (`1 1`), train_filelist_{google,flickr}.txt, train_meta_list_{google,
+flickr}.txt, val_filelist.txt and test_filelist.txt (no labels); JPEGs under ROOT/google/qNNNN/,
+ROOT/flickr/qNNNN/, ROOT/val_images_256/ and ROOT/test_images_256/; and ROOT/synthetic.json
+with the true counts and the planted files, for tests. Each class has its own hue and stripe
+frequency spread over the whole image, under noise and a randomly placed blob, so any
+RandomResizedCrop and flip still shows it. The same arguments and seed give the same bytes.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ def make_webvision(
     seed: int = 0,
     bad_files: bool = False,
     total_synsets: int = TOTAL_SYNSETS,
+    flickr_per_query: int = 2,
+    test_images: int = 4,
+    imagenet_per_class: int = 0,
 ) -> str:
     """Write the tree under out_dir (created; must not hold a dataset already) and return it.
 
@@ -83,8 +89,10 @@ def make_webvision(
     for name, v in counts:
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
-    if val_per_class < 0:
-        raise ValueError(f"val_per_class must be >= 0, got {val_per_class}")
+    for name, v in (("val_per_class", val_per_class), ("flickr_per_query", flickr_per_query),
+                    ("test_images", test_images), ("imagenet_per_class", imagenet_per_class)):
+        if v < 0:
+            raise ValueError(f"{name} must be >= 0, got {v}")
     if size < 8:
         raise ValueError(f"size must be >= 8, got {size}")
     if bad_files and classes * queries_per_class * images_per_query < 6:
@@ -95,35 +103,71 @@ def make_webvision(
         raise FileExistsError(f"{out_dir} already holds a dataset")
     os.makedirs(info, exist_ok=True)
     os.makedirs(os.path.join(out_dir, "val_images_256"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "test_images_256"), exist_ok=True)
     rng = np.random.default_rng(seed)
 
     with open(os.path.join(info, "synsets.txt"), "w") as f:
         for i in range(total_synsets):
             f.write(f"n{i:08d} synthetic class {i}, pattern {i}\n")
 
-    train_lines, per_query, per_class_train = [], {}, [0] * classes
-    queries, qmap = [], []
+    def write_image(rel: str, label: int) -> None:
+        os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
+        with open(os.path.join(out_dir, rel), "wb") as f:
+            f.write(_jpeg(_image(label, size, rng)))
+
+    def write_query_images(source: str, label: int, number: int, count: int) -> None:
+        # The official tree: query number n's images live in the folder "q%04d" % n.
+        rels = [f"{source}/q{number:04d}/{k:06d}.jpg" for k in range(count)]
+        for rel in rels:
+            write_image(rel, label)
+        lines[f"train_filelist_{source}.txt"] += [f"{rel} {label}\n" for rel in rels]
+        # Never read by wvtui (training needs no meta data): one line per image, naming the
+        # meta file of its query and its place there.
+        lines[f"train_meta_list_{source}.txt"] += [
+            f"{source}/q{number:04d}.json {k + 1}\n" for k in range(count)
+        ]
+
+    lines: dict[str, list[str]] = {
+        name: []
+        for name in ("queries_google.txt", "queries_flickr.txt", "queries_synsets_map.txt",
+                     "train_filelist_google.txt", "train_filelist_flickr.txt",
+                     "train_meta_list_google.txt", "train_meta_list_flickr.txt",
+                     "val_filelist.txt", "test_filelist.txt")
+    }
+    train_lines = lines["train_filelist_google.txt"]
+    per_query, per_class_train = {}, [0] * classes
     for label in range(classes):
         for j in range(queries_per_class):
-            qid = f"q{label * queries_per_class + j + 1:04d}"
-            queries.append(f"{qid} synthetic class {label} view {j}\n")
-            qmap.append(f"{qid} {label + 1}\n")
-            os.makedirs(os.path.join(out_dir, "google", qid), exist_ok=True)
-            for k in range(images_per_query):
-                rel = f"google/{qid}/{k:06d}.jpg"
-                with open(os.path.join(out_dir, rel), "wb") as f:
-                    f.write(_jpeg(_image(label, size, rng)))
-                train_lines.append(f"{rel} {label}\n")
-            per_query[qid] = images_per_query
+            number = label * queries_per_class + j + 1
+            for source in ("google", "flickr"):
+                lines[f"queries_{source}.txt"].append(
+                    f"{number} synthetic class {label} view {j}\n"
+                )
+            lines["queries_synsets_map.txt"].append(f"{number} {label + 1}\n")
+            write_query_images("google", label, number, images_per_query)
+            per_query[f"q{number:04d}"] = images_per_query
             per_class_train[label] += images_per_query
 
-    val_lines = []
+    val_lines = lines["val_filelist.txt"]
     for label in range(classes):
         for _ in range(val_per_class):
             rel = f"val{len(val_lines) + 1:06d}.jpg"
-            with open(os.path.join(out_dir, "val_images_256", rel), "wb") as f:
-                f.write(_jpeg(_image(label, size, rng)))
+            write_image(os.path.join("val_images_256", rel), label)
             val_lines.append(f"{rel} {label}\n")
+
+    # Drawn after the Google and val images, so adding these kept those bytes as they were.
+    for label in range(classes):
+        for j in range(queries_per_class):
+            write_query_images("flickr", label, label * queries_per_class + j + 1, flickr_per_query)
+    for k in range(test_images):
+        rel = f"test{k + 1:06d}.jpg"
+        write_image(os.path.join("test_images_256", rel), k % classes)
+        lines["test_filelist.txt"].append(f"{rel}\n")
+    # Drawn last, so the other images keep their bytes whether or not this set is written.
+    for label in range(classes if imagenet_per_class else 0):
+        for k in range(imagenet_per_class):
+            number = label * imagenet_per_class + k + 1
+            write_image(os.path.join("imagenet_val", f"n{label:08d}", f"ILSVRC2012_val_{number:08d}.JPEG"), label)
 
     bad, odd = [], []
     if bad_files:
@@ -156,14 +200,9 @@ def make_webvision(
                 {"split": "val", "index": len(val_lines) - 1, "path": rel, "kind": "zero_bytes"}
             )
 
-    for name, lines in (
-        ("queries_google.txt", queries),
-        ("queries_synsets_map.txt", qmap),
-        ("train_filelist_google.txt", train_lines),
-        ("val_filelist.txt", val_lines),
-    ):
+    for name, text in lines.items():
         with open(os.path.join(info, name), "w") as f:
-            f.writelines(lines)
+            f.writelines(text)
 
     manifest = {
         "classes": classes,
@@ -175,6 +214,9 @@ def make_webvision(
         "train_per_class": per_class_train,
         "val_per_class_counts": [val_per_class] * classes,
         "train_per_query": per_query,
+        "flickr_per_query": flickr_per_query,
+        "test_images": test_images,
+        "imagenet_per_class": imagenet_per_class,
         "bad": bad,
         "odd": odd,
     }
@@ -200,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         "--size", type=int, default=256, help="short side in pixels (256 like resized WebVision)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flickr-per-query", type=int, default=2, help="Flickr images per query")
+    p.add_argument("--test-images", type=int, default=4, help="images of the unlabelled test set")
+    p.add_argument("--imagenet-per-class", type=int, default=0,
+                   help="also write ROOT/imagenet_val/<wnid>/*.JPEG (ILSVRC2012 val class-folder layout)")
     p.add_argument(
         "--bad-files", action="store_true", help="plant unreadable and odd files for tests"
     )
@@ -207,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         root = make_webvision(
             a.out_dir, a.classes, a.queries_per_class, a.images_per_query, a.val_per_class,
-            a.size, a.seed, a.bad_files,
+            a.size, a.seed, a.bad_files, flickr_per_query=a.flickr_per_query,
+            test_images=a.test_images, imagenet_per_class=a.imagenet_per_class,
         )
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

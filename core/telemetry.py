@@ -8,6 +8,10 @@ machine without NVML gets an explanation in `Telemetry.gpu_unavailable_reason`.
     t = sampler.sample()          # call about once a second from the UI's own timer
     ...
     sampler.close()
+
+This process's PyTorch memory is shown only on the GPUs it holds a context or memory on (N/A on
+the others), matched to NVML's GPUs by UUID (MIG slices included), never by position. Its peak is
+the highest allocation since the previous sample: each sample resets the allocator's peak.
 """
 
 from __future__ import annotations
@@ -25,8 +29,6 @@ __all__ = [
     "TelemetrySampler",
     "fmt_or_na",
     "format_bytes",
-    "sample_gpus",
-    "sample_host",
 ]
 
 
@@ -43,7 +45,7 @@ class GpuSnapshot:
     # This process's PyTorch caching-allocator figures; None when it has not touched this GPU.
     torch_allocated_bytes: int | None = None
     torch_reserved_bytes: int | None = None
-    torch_peak_bytes: int | None = None
+    torch_peak_bytes: int | None = None  # highest allocated since the previous sample
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,16 @@ class TelemetrySampler:
     """Takes snapshots of every NVML GPU and of this process and its host.
 
     `nvml` is the `pynvml` module (imported lazily when None); `torch_cuda` is `torch.cuda`
-    (likewise). Tests pass stand-ins for hardware that is absent; the code path is the same.
+    (likewise); `has_context(i)` tells whether this process holds a CUDA context on torch device i
+    without creating one (default: torch's primary-context query). Tests pass stand-ins for
+    hardware that is absent; the code path is the same.
     """
 
-    def __init__(self, nvml: Any = None, torch_cuda: Any = None) -> None:
+    def __init__(self, nvml: Any = None, torch_cuda: Any = None,
+                 has_context: Callable[[int], bool] | None = None) -> None:
         self._nvml = nvml
         self._torch_cuda = torch_cuda
+        self._has_context = has_context
         self._nvml_ready = False
         self._gpu_reason: str | None = None
         self._device_count = 0
@@ -173,15 +179,36 @@ class TelemetrySampler:
             torch_peak_bytes=None if torch_mem is None else torch_mem[2],
         )
 
-    def _nvml_uuid(self, index: int) -> str | None:
-        handle = self._read(self._nvml.nvmlDeviceGetHandleByIndex, index)
-        uuid = None if handle is None else self._read(self._nvml.nvmlDeviceGetUUID, handle)
+    def _uuid(self, handle: Any) -> str | None:
+        uuid = self._read(self._nvml.nvmlDeviceGetUUID, handle)
         if isinstance(uuid, bytes):
             uuid = uuid.decode(errors="replace")
-        return uuid
+        return _bare_uuid(uuid) if uuid else None
+
+    def _nvml_uuids(self) -> dict[str, int]:
+        """UUID -> NVML index, for every GPU and for every MIG slice (mapped to its GPU)."""
+        nvml = self._nvml
+        uuids: dict[str, int] = {}
+        for nv in range(self._device_count):
+            handle = self._read(nvml.nvmlDeviceGetHandleByIndex, nv)
+            if handle is None:
+                continue
+            uuid = self._uuid(handle)
+            if uuid:
+                uuids[uuid] = nv
+            mode = self._read(getattr(nvml, "nvmlDeviceGetMigMode", _unsupported), handle)
+            if not mode or mode[0] != getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1):
+                continue
+            # On a MIG GPU, CUDA (and so torch) sees slices, each with its own "MIG-" UUID.
+            for k in range(self._read(nvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0):
+                mig = self._read(nvml.nvmlDeviceGetMigDeviceHandleByIndex, handle, k)
+                uuid = None if mig is None else self._uuid(mig)
+                if uuid:
+                    uuids[uuid] = nv
+        return uuids
 
     def _torch_memory(self) -> dict[int, tuple[int, int, int]]:
-        """PyTorch allocator figures keyed by NVML index, only if this process already uses CUDA."""
+        """PyTorch allocator figures keyed by NVML index, for the GPUs this process has touched."""
         if self._torch_cuda is None:
             import torch
 
@@ -192,30 +219,36 @@ class TelemetrySampler:
             return {}
         if self._torch_to_nvml is None:
             self._torch_to_nvml = self._map_torch_to_nvml(tc)
-        return {
-            nv: (tc.memory_allocated(t), tc.memory_reserved(t), tc.max_memory_allocated(t))
-            for t, nv in self._torch_to_nvml.items()
-        }
+        has_context = self._has_context or _primary_context_query()
+        figures: dict[int, tuple[int, int, int]] = {}
+        for t, nv in self._torch_to_nvml.items():
+            reserved = tc.memory_reserved(t)
+            # A GPU the process never used has neither a context nor memory: its torch figures are
+            # N/A, not "0 B" (which would claim the process is there).
+            if not (reserved or has_context(t)):
+                continue
+            mine = (tc.memory_allocated(t), reserved, tc.max_memory_allocated(t))
+            # Peaks per sampling window: a lifetime peak would keep start-up spikes (cudnn's
+            # benchmark workspaces) on screen for the whole run.
+            tc.reset_peak_memory_stats(t)
+            old = figures.get(nv)
+            figures[nv] = mine if old is None else tuple(a + b for a, b in zip(old, mine))  # slices of one GPU
+        return figures
 
     def _map_torch_to_nvml(self, tc: Any) -> dict[int, int]:
-        # torch numbers the GPUs CUDA_VISIBLE_DEVICES leaves (in CUDA_DEVICE_ORDER, by default
-        # fastest first), NVML numbers every GPU by PCI bus, so index t in torch is not
-        # necessarily index t in NVML. The UUID identifies the device in both; where it is
-        # unavailable (old torch, MIG slices) fall back to matching by order.
-        nvml_uuids = {}
-        for nv in range(self._device_count):
-            uuid = self._nvml_uuid(nv)
-            if uuid:
-                nvml_uuids[uuid.removeprefix("GPU-").lower()] = nv
+        # torch numbers the devices CUDA_VISIBLE_DEVICES leaves (in CUDA_DEVICE_ORDER, by default
+        # fastest first), NVML numbers every GPU by PCI bus, and on MIG torch sees slices: index t
+        # in torch says nothing about NVML's index. Only the UUID identifies a device in both; a
+        # torch device whose UUID NVML does not list gets no figures rather than another GPU's.
+        nvml_uuids = self._nvml_uuids()
         mapping = {}
         for t in range(tc.device_count()):
             try:
-                uuid = str(tc.get_device_properties(t).uuid).removeprefix("GPU-").lower()
+                uuid = _bare_uuid(str(tc.get_device_properties(t).uuid))
             except (AttributeError, RuntimeError):
-                uuid = ""
-            nv = nvml_uuids.get(uuid, t)
-            if nv < self._device_count:
-                mapping[t] = nv
+                continue
+            if uuid in nvml_uuids:
+                mapping[t] = nvml_uuids[uuid]
         return mapping
 
     def sample_gpus(self) -> tuple[tuple[GpuSnapshot, ...], str | None]:
@@ -304,23 +337,22 @@ def _is_mp_helper(proc: psutil.Process, parent_pid: int) -> bool:
     return "multiprocessing.resource_tracker" in cmdline or "multiprocessing.forkserver" in cmdline
 
 
-def sample_gpus(nvml: Any = None) -> list[GpuSnapshot] | str:
-    """One-off GPU snapshot: the snapshots, or the reason there are none."""
-    sampler = TelemetrySampler(nvml=nvml)
-    try:
-        gpus, reason = sampler.sample_gpus()
-    finally:
-        sampler.close()
-    return reason if reason is not None else list(gpus)
+def _bare_uuid(uuid: str) -> str:
+    """NVML writes "GPU-<hex>" or "MIG-<hex>", torch the bare hex: compare the bare form."""
+    uuid = uuid.strip().lower()
+    for prefix in ("gpu-", "mig-"):
+        if uuid.startswith(prefix):
+            return uuid[len(prefix):]
+    return uuid
 
 
-_host_sampler: TelemetrySampler | None = None
+def _unsupported(*args: Any) -> None:
+    return None
 
 
-def sample_host(worker_pids: Iterable[int] | None = None) -> HostSnapshot:
-    """Host snapshot from a shared sampler: CPU percentages cover the time since the last call."""
-    global _host_sampler
-    if _host_sampler is None:
-        _host_sampler = TelemetrySampler()
-    return _host_sampler.sample_host(worker_pids)
+def _primary_context_query() -> Callable[[int], bool]:
+    """torch's query of whether device i has a primary context; it never creates one."""
+    import torch
 
+    query = getattr(torch._C, "_cuda_hasPrimaryContext", None)
+    return (lambda i: False) if query is None else (lambda i: bool(query(i)))

@@ -5,9 +5,16 @@
                       lists them ("bad": truncated, zero bytes, missing; "odd": PNG named .jpg,
                       grayscale, CMYK).
 Both are session-scoped and read-only: copy a tree (shutil.copytree) before changing it.
+`small_disk(size)`    a real tmpfs of that size ("64k", "4m") under tmp_path, for a disk that
+                      fills up; the test is skipped where tmpfs cannot be mounted (needs root).
+
+Tests that train a model, or start `wvtui` as far as training, are marked `slow`:
+`python -m pytest -m "not slow" -q` is the fast loop.
 """
 
 from __future__ import annotations
+
+import subprocess
 
 import pytest
 
@@ -36,3 +43,22 @@ def bad_synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> str:
         str(tmp_path_factory.mktemp("webvision_bad") / "root"), bad_files=True, **SMALL
     )
 
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mounted: list[str] = []
+
+    def mount(size: str):
+        mnt = tmp_path / f"disk{len(mounted)}"
+        mnt.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+        mounted.append(str(mnt))
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", mnt], check=False)

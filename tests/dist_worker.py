@@ -7,7 +7,6 @@ Each rank writes OUT_DIR/rank<R>.json with what it observed; the test compares t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from torch import nn  # noqa: E402
 
 from core.distributed import DistContext, PeerFailure  # noqa: E402
 from core.events import Command  # noqa: E402
+from helpers import fingerprint  # noqa: E402 - tests/ is this script's directory
 
 
 def write(out_dir: str, rank: int, record: dict) -> None:
@@ -48,7 +48,7 @@ def primitives(ctx: DistContext, out_dir: str) -> None:
             local = [Command.STOP]  # a signal delivered only to this rank
         seen.append([c.value for c in ctx.broadcast_commands(local)])
     rec["commands"] = seen
-    rec["flag"] = ctx.broadcast_flag(ctx.is_main)
+    rec["gathered"] = ctx.all_gather_object({"rank": ctx.rank})
     rec["object"] = ctx.broadcast_object({"out": f"runs/from-rank-{ctx.rank}"})
     counts = torch.tensor([ctx.rank + 1, 10], dtype=torch.int64)
     rec["sum"] = ctx.all_reduce_sum(counts).tolist()
@@ -96,15 +96,6 @@ def primitives(ctx: DistContext, out_dir: str) -> None:
     sys.exit(1)
 
 
-def fingerprint(state_dict: dict) -> str:
-    """A digest of every tensor's exact bytes: equal digests mean bit-identical models."""
-    h = hashlib.sha256()
-    for name, t in state_dict.items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def train(out_dir: str, spec_path: str) -> int:
     """Run the real Trainer on this rank as a spec says; record what this rank saw and did.
 
@@ -115,7 +106,8 @@ def train(out_dir: str, spec_path: str) -> int:
     """
     from core.config import TrainConfig
     from core.engine import Trainer
-    from core.events import CheckpointSaved, EvalResult, Paused, Resumed, RunError, RunFinished, RunStarted, StepStats
+    from core.events import (CheckpointSaved, EvalResult, RunError, RunFinished, RunStarted, RunState, StateChanged,
+                             StepStats)
 
     with open(spec_path) as f:
         spec = json.load(f)
@@ -125,7 +117,7 @@ def train(out_dir: str, spec_path: str) -> int:
     trainer: Trainer
 
     def sink(ev) -> None:
-        if isinstance(ev, (RunStarted, Paused, Resumed, EvalResult, CheckpointSaved, RunError, RunFinished)):
+        if isinstance(ev, (RunStarted, StateChanged, EvalResult, CheckpointSaved, RunError, RunFinished)):
             r = ev.to_record()
             r.pop("config", None)
             r.pop("summary", None)
@@ -136,7 +128,7 @@ def train(out_dir: str, spec_path: str) -> int:
                 rec["first_step_stats"] = {"step": ev.step, "epoch": ev.epoch, "epoch_step": ev.epoch_step}
             for c in commands.pop(ev.step, []):
                 trainer.submit(c)
-        if isinstance(ev, Paused):
+        if isinstance(ev, StateChanged) and ev.state is RunState.PAUSED and ev.previous is RunState.RUNNING:
             threading.Timer(spec.get("resume_after_s", 0.5), trainer.submit, (Command.RESUME,)).start()
         if isinstance(ev, CheckpointSaved) and ev.reason == "manual" and spec.get("keep_manual_checkpoint"):
             shutil.copy(ev.path, spec["keep_manual_checkpoint"])

@@ -1,39 +1,45 @@
-"""The console driven by keys, with a real Trainer on a tiny synthetic WebVision tree.
+"""The console driven by keys, under `App.run_test`.
 
-Each test runs `TrainingApp` under `App.run_test` with the same wiring as the CLI: a `Relay`,
-a `TrainerRunner` thread, the run log; resnet18 on 32 px crops of the 4-class synthetic set.
+The slow tests run a real Trainer wired by `wvtui.session.Session`, as the CLI does (run log,
+relay, runner thread): resnet18 on 32 px crops of the 4-class synthetic set. The fast ones
+drive the app with fixed events, or with a real trainer that is never started (its commands
+wait in its inbox), which is enough to see what a key asks for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import os
+import io
 import threading
 import time
+from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
+from textual.binding import Binding
+from textual.widgets import DataTable
 
 from core.checkpoint import load_checkpoint
-from core.config import TrainConfig
-from core.engine import Trainer
-from core.events import (CheckpointSaved, Command, EvalResult, Paused, Resumed, RunFinished, StepStats,
-                         fanout)
-from core.model import build_model
-from core.runlog import RunLog
-from core.telemetry import TelemetrySampler
-from core.webvision import ClassStats, DatasetSummary, QueryStats, WebVisionIndex
-from textual.widgets import DataTable
-from wvtui.app import TrainingApp
+from core.events import (CheckpointSaved, Command, ConfigChanged, EvalResult, RunFinished, RunStarted, RunState,
+                         RunWarning, StateChanged, StepStats)
+from core.telemetry import HostSnapshot, Telemetry, TelemetrySampler
+from core.webvision import ClassStats, DatasetSummary, QueryStats
+from helpers import Recorder, config, faulty
+from helpers import one_torch_thread  # noqa: F401 - fixture
+import wvtui.app
+from wvtui.app import QuitReason, TrainingApp
+from wvtui.eventtext import describe, plain
+from wvtui.headless import HeadlessPrinter
 from wvtui.messages import TrainerEvent
-from wvtui.runner import Relay, TrainerRunner
+from wvtui.session import Session
 from wvtui.widgets.filter_table import FilterTable
+from wvtui.widgets.help_screen import HelpScreen
 from wvtui.widgets.quit_screen import QuitScreen
 
 TIMEOUT = 60.0
 
+FIXED_TELEMETRY = Telemetry(time=0.0, gpus=(), gpu_unavailable_reason="no NVIDIA GPU found",
+                            host=HostSnapshot(None, None, None, None, None, None, None))
 
 
 def asyncio_test(fn):
@@ -46,34 +52,38 @@ def asyncio_test(fn):
     return wrapper
 
 
-class Recorder:
-    """A sink that keeps every event, thread-safely, for assertions."""
+async def until(predicate, what: str, pilot=None, timeout: float = TIMEOUT):
+    """`helpers.wait_until` for a test running on the app's event loop: it must not block the
+    loop, so it yields to it between polls (through the pilot, which also lets the screen
+    settle; without one, after the app has exited)."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        if pilot is not None:
+            await pilot.pause(0.05)
+        else:
+            await asyncio.sleep(0.05)
+    return value
 
-    def __init__(self) -> None:
-        self.events: list = []
-        self._lock = threading.Lock()
 
-    def __call__(self, event) -> None:
-        with self._lock:
-            self.events.append(event)
+def status_text(app: TrainingApp) -> str:
+    return str(app.status.render())
 
-    def of(self, kind) -> list:
-        with self._lock:
-            return [e for e in self.events if isinstance(e, kind)]
+
+def notes(app: TrainingApp) -> list[str]:
+    return [n.message for n in app._notifications]
 
 
 class Run:
-    def __init__(self, root: str, out: str, *, epochs: int = 200, model_factory=None) -> None:
-        cfg = TrainConfig(root=root, num_classes=4, epochs=epochs, batch_size=4, model="resnet18",
-                          image_size=32, workers=0, device="cpu", report_every=1, report_interval_s=0.0,
-                          max_val_batches=1, out=out, seed=0)
-        self.index = WebVisionIndex.load(root, num_classes=4)
+    """A real run wired as the CLI wires it, with the app in front and a recorder beside it."""
+
+    def __init__(self, root: str, out: str, **kw) -> None:
+        cfg = config(root, out, num_classes=4, epochs=200, batch_size=4, max_val_batches=1, **kw.pop("cfg", {}))
         self.recorder = Recorder()
-        self.relay = Relay()
-        self.trainer = Trainer(cfg, fanout(RunLog(out), self.recorder, self.relay), index=self.index,
-                               model_factory=model_factory)
-        self.trainer.prepare()
-        self.runner = TrainerRunner(self.trainer, on_crash=self.relay)
+        self.session = Session(cfg, sinks=(self.recorder,), **kw)
+        self.session.prepare()
+        self.trainer, self.runner, self.relay = self.session.trainer, self.session.runner, self.session.relay
         # (command, trainer.step when the app submitted it): "within one step" counts from here.
         self.submitted: list[tuple[Command, int]] = []
         submit = self.trainer.submit
@@ -83,13 +93,10 @@ class Run:
             submit(command, **kwargs)
 
         self.trainer.submit = recording_submit
-        self.app = TrainingApp(trainer=self.trainer, runner=self.runner, relay=self.relay, index=self.index)
+        self.app = TrainingApp(trainer=self.trainer, runner=self.runner, relay=self.relay, index=self.session.index)
 
-    def close(self) -> None:
-        # Never leave a trainer thread behind a failed test: it is not a daemon.
-        if self.runner.is_alive():
-            self.trainer.submit(Command.STOP_NO_SAVE)
-            self.runner.join(TIMEOUT)
+    def of(self, cls, **fields) -> list:
+        return [e for e in self.recorder.of(cls) if all(getattr(e, k) == v for k, v in fields.items())]
 
 
 @pytest.fixture
@@ -103,246 +110,369 @@ def run(synthetic_root, tmp_path):
 
     yield make
     for r in runs:
-        r.close()
+        r.session.close(TIMEOUT)  # never leave a trainer thread behind a failed test: it is no daemon
 
 
-async def wait_until(pilot, predicate, what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
+# -- a real trainer --------------------------------------------------------------------------------
 
 
-async def wait_for_exit(app: TrainingApp, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while app.return_code is None:
-        assert time.monotonic() < deadline, "the app did not exit"
-        await asyncio.sleep(0.05)
-
-
-def status_text(app: TrainingApp) -> str:
-    return str(app.status.render())
-
-
+@pytest.mark.slow
 @asyncio_test
-async def test_p_pauses_within_one_step_and_p_resumes(run):
+async def test_p_pauses_within_one_step_c_saves_while_paused_and_p_resumes(run):
     r = run()
     async with r.app.run_test(size=(80, 24)) as pilot:
-        await wait_until(pilot, lambda: r.trainer.step >= 2, "training steps")
+        await until(lambda: r.trainer.step >= 2, "training steps", pilot)
         await pilot.press("p")
-        # Feedback before the trainer has answered: the header says what was asked for.
-        assert any(n.message == "Pause requested" for n in r.app._notifications)
-        assert "pause requested" in status_text(r.app) or r.recorder.of(Paused)
-        await wait_until(pilot, lambda: r.app.run_state == "paused", "the paused state")
-        paused = r.recorder.of(Paused)[-1]
+        assert "Pause requested" in notes(r.app)
+        await until(lambda: r.app.run_state is RunState.PAUSED, "the paused state", pilot)
+        paused = r.of(StateChanged, state=RunState.PAUSED)[-1]
+        assert paused.previous is RunState.RUNNING
         assert r.submitted[0][0] is Command.PAUSE
         assert paused.step - r.submitted[0][1] <= 1
-        await pilot.pause(0.6)
+        assert r.app.pending is None
+        # The header follows at its next frame.
+        await until(lambda: "PAUSED" in status_text(r.app) and "requested" not in status_text(r.app),
+                    "PAUSED in the header", pilot)
+
+        # The paused trainer still serves commands, and takes no step while doing so.
+        await pilot.press("c")
+        assert "Checkpoint requested" in notes(r.app)
+        saved = await until(lambda: r.of(CheckpointSaved, reason="manual"), "a manual checkpoint", pilot)
         assert r.trainer.step == paused.step, "steps were taken while paused"
-        assert "PAUSED" in status_text(r.app)
+        assert load_checkpoint(saved[0].path)["step"] == paused.step
+        await until(lambda: any(saved[0].path in line for line in r.app.event_log.plain),
+                    "the checkpoint path in the log", pilot)
 
         await pilot.press("p")
-        # The trainer may already have answered by the time the key is handled; either way the
-        # user has seen something within the key press.
-        assert any(n.message == "Resume requested" for n in r.app._notifications)
-        assert "resume requested" in status_text(r.app) or r.recorder.of(Resumed)
-        await wait_until(pilot, lambda: r.trainer.step > paused.step + 1, "steps after resuming")
-        assert r.recorder.of(Resumed)
-        # Running, or already into an epoch-end evaluation or checkpoint.
-        assert r.app.run_state in ("running", "evaluating", "checkpointing")
-        assert "PAUSED" not in status_text(r.app)
+        assert "Resume requested" in notes(r.app)
+        await until(lambda: r.of(StateChanged, state=RunState.RUNNING, previous=RunState.PAUSED), "the resume", pilot)
+        await until(lambda: r.trainer.step > paused.step + 1, "steps after resuming", pilot)
+        await until(lambda: r.app.pending is None and "PAUSED" not in status_text(r.app), "the header to follow", pilot)
+        log = r.app.event_log.plain
+        assert sum(f"Paused at epoch 1, step {paused.step}" in line for line in log) == 1
+        assert sum(f"Resumed at epoch 1, step {paused.step}" in line for line in log) == 1
 
 
+@pytest.mark.slow
 @asyncio_test
 async def test_e_adds_a_manual_evaluation_row(run):
     r = run()
     async with r.app.run_test(size=(80, 24)) as pilot:
-        await wait_until(pilot, lambda: r.trainer.step >= 1, "a training step")
+        await until(lambda: r.trainer.step >= 1, "a training step", pilot)
         await pilot.press("e")
-        await wait_until(pilot, lambda: any(e.manual for e in r.recorder.of(EvalResult)), "a manual evaluation")
-        table = r.app.query_one("#eval-table", DataTable)
-        await wait_until(pilot, lambda: table.row_count >= 1, "an evaluation row")
-        rows = [table.get_row_at(i) for i in range(table.row_count)]
-        manual = [row for row in rows if row[5] == "manual"]
-        assert len(manual) == 1
-        ev = [e for e in r.recorder.of(EvalResult) if e.manual][0]
-        assert manual[0][3] == f"{ev.acc1:.2f}"
         assert r.app.query_one("#panes").active == "accuracy"
+        ev = (await until(lambda: r.of(EvalResult, manual=True), "a manual evaluation", pilot))[0]
+        table = r.app.query_one("#eval-table", DataTable)
+        await until(lambda: table.row_count >= 1, "an evaluation row", pilot)
+        manual = [row for row in (table.get_row_at(i) for i in range(table.row_count)) if row[5] == "manual"]
+        assert len(manual) == 1 and manual[0][3] == f"{ev.acc1:.2f}"
 
 
-@asyncio_test
-async def test_c_writes_a_checkpoint_file(run):
-    r = run()
-    async with r.app.run_test(size=(80, 24)) as pilot:
-        await wait_until(pilot, lambda: r.trainer.step >= 1, "a training step")
-        # Paused first, so that no epoch-end save replaces last.pt before it is read back.
-        await pilot.press("p")
-        await wait_until(pilot, lambda: r.app.run_state == "paused", "the paused state")
-        await pilot.press("c")
-        assert any(n.message == "Checkpoint requested" for n in r.app._notifications)
-        await wait_until(pilot, lambda: any(e.reason == "manual" for e in r.recorder.of(CheckpointSaved)),
-                         "a manual checkpoint")
-        saved = [e for e in r.recorder.of(CheckpointSaved) if e.reason == "manual"][0]
-        assert os.path.isfile(saved.path)
-        state = load_checkpoint(saved.path)
-        assert state["step"] == saved.step
-        await wait_until(pilot, lambda: any(saved.path in line for line in r.app.event_log.plain),
-                         "the checkpoint path in the log")
-
-
+@pytest.mark.slow
 @asyncio_test
 async def test_q_and_save_exits_leaving_a_loadable_checkpoint(run):
     r = run()
     async with r.app.run_test(size=(80, 24)) as pilot:
-        await wait_until(pilot, lambda: r.trainer.step >= 2, "training steps")
+        await until(lambda: r.trainer.step >= 2, "training steps", pilot)
         await pilot.press("q")
-        await wait_until(pilot, lambda: isinstance(r.app.screen, QuitScreen), "the quit dialog")
+        await until(lambda: isinstance(r.app.screen, QuitScreen), "the quit dialog", pilot)
         assert r.runner.is_alive(), "asking must not stop the run"
         await pilot.press("s")
-        await wait_for_exit(r.app)
+        await until(lambda: r.app.return_code is not None, "the app to exit")
     assert not r.runner.is_alive(), "the trainer thread outlived the app"
+    assert r.app.quit_reason is QuitReason.SAVED and r.app.return_value is QuitReason.SAVED
     finished = r.recorder.of(RunFinished)[-1]
     assert finished.reason == "stopped"
-    stop_saves = [e for e in r.recorder.of(CheckpointSaved) if e.reason == "stop"]
-    assert stop_saves
-    state = load_checkpoint(stop_saves[-1].path)
+    state = load_checkpoint(r.of(CheckpointSaved, reason="stop")[-1].path)
     assert state["step"] == finished.step
     assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "step"}
 
 
+@pytest.mark.slow
+@asyncio_test
+async def test_ctrl_c_opens_the_quit_dialog_and_a_second_ctrl_c_saves_and_quits(run):
+    r = run()
+    async with r.app.run_test(size=(80, 24)) as pilot:
+        await until(lambda: r.trainer.step >= 1, "a training step", pilot)
+        await pilot.press("ctrl+c")
+        await until(lambda: isinstance(r.app.screen, QuitScreen), "the quit dialog", pilot)
+        assert not any("to quit" in n for n in notes(r.app)), "Textual's own ctrl+c toast was shown"
+        assert r.runner.is_alive() and not r.submitted, "ctrl+c alone stopped the run"
+        await pilot.press("ctrl+c")
+        await until(lambda: r.app.return_code is not None, "the app to exit")
+    assert not r.runner.is_alive()
+    assert [c for c, _ in r.submitted] == [Command.STOP]
+    # What the CLI reads to exit 130 (128 + SIGINT) once the checkpoint is on disk.
+    assert r.app.quit_reason is QuitReason.INTERRUPTED and r.app.return_value is QuitReason.INTERRUPTED
+    assert r.session.outcome.checkpoint_on_disk
+    finished = r.recorder.of(RunFinished)[-1]
+    assert finished.reason == "stopped"
+    assert load_checkpoint(r.of(CheckpointSaved, reason="stop")[-1].path)["step"] == finished.step
+
+
+@pytest.mark.slow
 @asyncio_test
 async def test_q_cancel_keeps_running_and_no_save_quits_without_checkpoint(run):
     r = run()
     async with r.app.run_test(size=(80, 24)) as pilot:
-        await wait_until(pilot, lambda: r.trainer.step >= 1, "a training step")
+        await until(lambda: r.trainer.step >= 1, "a training step", pilot)
         await pilot.press("q")
-        await wait_until(pilot, lambda: isinstance(r.app.screen, QuitScreen), "the quit dialog")
+        await until(lambda: isinstance(r.app.screen, QuitScreen), "the quit dialog", pilot)
         await pilot.press("escape")
-        await wait_until(pilot, lambda: not isinstance(r.app.screen, QuitScreen), "the dialog to close")
+        await until(lambda: not isinstance(r.app.screen, QuitScreen), "the dialog to close", pilot)
         step = r.trainer.step
-        await wait_until(pilot, lambda: r.trainer.step > step, "training to go on")
+        await until(lambda: r.trainer.step > step, "training to go on", pilot)
         await pilot.press("q", "n")
-        await wait_for_exit(r.app)
+        await until(lambda: r.app.return_code is not None, "the app to exit")
     assert not r.runner.is_alive()
+    assert r.app.quit_reason is QuitReason.NOT_SAVED
     assert r.recorder.of(RunFinished)[-1].reason == "stopped"
-    assert not [e for e in r.recorder.of(CheckpointSaved) if e.reason == "stop"]
+    assert not r.of(CheckpointSaved, reason="stop")
 
 
-class ExplodingModel(nn.Module):
-    """A real resnet18 whose forward fails on the third call, like a fault mid-run."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.inner = build_model("resnet18", num_classes)
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls >= 3:
-            raise RuntimeError("injected failure in the model")
-        return self.inner(x)
-
-
+@pytest.mark.slow
 @asyncio_test
 async def test_a_trainer_error_shows_and_the_app_stays_open(run):
-    r = run(model_factory=lambda name, n: ExplodingModel(n))
+    r = run(model_factory=faulty(at=3, fault="bug"))
     async with r.app.run_test(size=(80, 24)) as pilot:
-        await wait_until(pilot, lambda: r.app.run_state == "error", "the error state")
-        await wait_until(pilot, lambda: not r.runner.is_alive(), "the trainer to end")
-        await pilot.pause(0.3)
-        assert "ERROR" in status_text(r.app)
-        assert any("injected failure in the model" in line for line in r.app.event_log.plain)
-        assert any(n.severity == "error" and "injected failure" in n.message for n in r.app._notifications)
+        await until(lambda: r.app.run_state is RunState.ERROR, "the error state", pilot)
+        await until(lambda: not r.runner.is_alive(), "the trainer to end", pilot)
+        await until(lambda: "ERROR" in status_text(r.app), "ERROR in the header", pilot)
+        assert any("simulated bug" in line for line in r.app.event_log.plain)
+        assert any(n.severity == "error" and "simulated bug" in n.message for n in r.app._notifications)
         assert r.app.return_code is None, "the app closed by itself after an error"
         # Commands after the end say so instead of doing nothing silently.
         await pilot.press("p")
-        assert any("has ended" in n.message for n in r.app._notifications)
+        assert any("has ended" in n for n in notes(r.app))
         await pilot.press("q")
-        await wait_for_exit(r.app)
+        await until(lambda: r.app.return_code is not None, "the app to exit")
+    assert r.app.quit_reason is QuitReason.ENDED
 
 
-@asyncio_test
-async def test_telemetry_pane_without_gpu_shows_reason_and_host_figures(run):
-    r = run()
-    async with r.app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("3")
-        pane = r.app.query_one("#system-pane")
-        await wait_until(pilot, lambda: pane.telemetry is not None, "a telemetry sample")
-        await pilot.pause(0.3)
-        shown = str(r.app.query_one("#gpu-info").render()) + str(r.app.query_one("#host-info").render())
-        t = pane.telemetry
-        if t.gpus:
-            for g in t.gpus:
-                assert (g.name or "N/A") in shown
-        else:
-            assert "No NVIDIA GPU / NVML unavailable" in shown
-            assert t.gpu_unavailable_reason in shown.replace("\n", " ")
-        assert "CPU" in shown and "RAM" in shown and "workers" in shown
-
-
-@asyncio_test
-async def test_keys_without_a_trainer_give_feedback_and_q_exits():
-    app = TrainingApp(telemetry=TelemetrySampler())
-    async with app.run_test(size=(80, 24)) as pilot:
-        for key in "pce":
-            await pilot.press(key)
-        assert sum("No trainer" in n.message for n in app._notifications) == 3
-        await pilot.press("question_mark")
-        assert type(app.screen).__name__ == "HelpScreen"
-        await pilot.press("escape")
-        await pilot.press("q")
-        await wait_for_exit(app)
-
-
+@pytest.mark.slow
 @asyncio_test
 async def test_detach_ends_the_ui_but_not_the_run(run):
     r = run()
     headless = Recorder()
     async with r.app.run_test(size=(80, 24)) as pilot:
-        await wait_until(pilot, lambda: r.trainer.step >= 1, "a training step")
+        await until(lambda: r.trainer.step >= 1, "a training step", pilot)
         # What the CLI does on SIGHUP, from another thread: re-point the relay, end the UI.
         threading.Thread(target=lambda: (r.relay.attach(headless), r.app.detach())).start()
-        await wait_for_exit(r.app)
+        await until(lambda: r.app.return_code is not None, "the app to exit")
+    assert r.app.quit_reason is QuitReason.DETACHED
     assert r.runner.is_alive(), "the run must survive the UI"
-    deadline = time.monotonic() + TIMEOUT
-    while not headless.of(StepStats):
-        assert time.monotonic() < deadline, "no events reached the headless sink"
-        time.sleep(0.05)
+    headless.wait_for(lambda e: isinstance(e, StepStats), TIMEOUT)
     r.trainer.submit(Command.STOP)
     assert r.runner.join(TIMEOUT)
     assert headless.of(RunFinished)[-1].reason == "stopped"
 
 
-def test_step_ticks_coalesce_and_other_events_do_not():
-    def tick(step: int) -> TrainerEvent:
-        return TrainerEvent(StepStats(epoch=0, step=step, epoch_step=step, steps_per_epoch=10, total_steps=10,
-                                      loss=1.0, last_loss=1.0, lr=0.1, img_per_s=1.0, data_wait=0.0,
-                                      eta_epoch_s=0.0, eta_run_s=0.0, elapsed_s=0.0, bad_images=0))
+# -- keys against a trainer that never starts --------------------------------------------------------
 
+
+@pytest.fixture
+def idle(synthetic_root, tmp_path):
+    """A real, prepared trainer whose thread never runs: what a key submits stays in its inbox."""
+    session = Session(config(synthetic_root, str(tmp_path / "idle"), num_classes=4, batch_size=4))
+    session.prepare()
+    submitted: list[Command] = []
+    submit = session.trainer.submit
+    session.trainer.submit = lambda command, **kw: (submitted.append(command), submit(command, **kw))
+    app = TrainingApp(trainer=session.trainer, telemetry=FIXED_TELEMETRY)
+    return app, submitted
+
+
+@asyncio_test
+async def test_the_header_says_what_was_asked_until_the_trainer_reports_it(idle):
+    app, submitted = idle
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.post_message(TrainerEvent(StateChanged(state=RunState.RUNNING, epoch=0, step=0,
+                                                   previous=RunState.STARTING)))
+        await pilot.pause()
+        await pilot.press("p")
+        assert submitted == [Command.PAUSE] and app.pending is Command.PAUSE
+        assert "pause requested" in status_text(app)
+        # p again before the trainer has answered: the user changed their mind.
+        await pilot.press("p")
+        assert submitted == [Command.PAUSE, Command.RESUME] and app.pending is Command.RESUME
+        # A report of something else does not clear the request; the resume does.
+        app.post_message(TrainerEvent(StateChanged(state=RunState.PAUSED, epoch=0, step=3,
+                                                   previous=RunState.RUNNING)))
+        await pilot.pause()
+        assert app.run_state is RunState.PAUSED and app.pending is Command.RESUME
+        # A checkpoint taken while paused leaves the paused state and comes back: no resume.
+        for state, previous in [(RunState.CHECKPOINTING, RunState.PAUSED), (RunState.PAUSED, RunState.CHECKPOINTING)]:
+            app.post_message(TrainerEvent(StateChanged(state=state, epoch=0, step=3, previous=previous)))
+        await pilot.pause()
+        assert app.run_state is RunState.PAUSED and app.pending is Command.RESUME
+        app.post_message(TrainerEvent(StateChanged(state=RunState.RUNNING, epoch=0, step=3,
+                                                   previous=RunState.PAUSED)))
+        await pilot.pause()
+        assert app.run_state is RunState.RUNNING and app.pending is None
+        await until(lambda: "requested" not in status_text(app), "the header to clear", pilot)
+
+        await pilot.press("c")
+        app.post_message(TrainerEvent(CheckpointSaved(path="x.pt", reason="epoch", epoch=0, step=4, seconds=0.1)))
+        await pilot.pause()
+        assert app.pending is Command.CHECKPOINT, "an epoch-end save is not the one asked for"
+        app.post_message(TrainerEvent(CheckpointSaved(path="x.pt", reason="manual", epoch=0, step=4, seconds=0.1)))
+        await pilot.pause()
+        assert app.pending is None
+
+        # A run that ends without its latest checkpoint on disk says so where the state is shown.
+        app.post_message(TrainerEvent(RunFinished(reason="completed", epoch=1, step=16, best_acc1=0.0,
+                                                  best_acc5=0.0, seconds=9.0, checkpoint_failed=True)))
+        await until(lambda: "FINISHED (completed, checkpoint failed)" in status_text(app), "the end in the header",
+                    pilot)
+        assert app.run_state is RunState.FINISHED
+
+
+@asyncio_test
+async def test_ctrl_c_then_escape_cancels_and_ctrl_c_twice_stops_with_a_checkpoint(idle):
+    app, submitted = idle
+    async with app.run_test(size=(80, 24)) as pilot:
+        # The dataset filter has the focus: an Input's own ctrl+c (copy) must not win.
+        await pilot.press("slash")
+        assert app.focused is app.query_one("#dataset-filter")
+        await pilot.press("ctrl+c")
+        assert isinstance(app.screen, QuitScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, QuitScreen) and submitted == []
+        assert "Quit cancelled" in notes(app)
+        await pilot.press("ctrl+c", "ctrl+c")
+        await until(lambda: app.return_code is not None, "the app to exit")
+    assert submitted == [Command.STOP]
+    assert app.quit_reason is QuitReason.INTERRUPTED and app.return_value is QuitReason.INTERRUPTED
+
+
+@asyncio_test
+async def test_q_then_save_after_a_cancelled_ctrl_c_is_a_plain_save(idle):
+    # A cancelled ctrl+c leaves no trace: a later q, then save, is no interrupt.
+    app, submitted = idle
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+c", "escape", "q", "s")
+        await until(lambda: app.return_code is not None, "the app to exit")
+    assert submitted == [Command.STOP] and app.quit_reason is QuitReason.SAVED
+
+
+# -- no trainer: fixed events ------------------------------------------------------------------------
+
+
+@asyncio_test
+async def test_keys_without_a_trainer_give_feedback_and_q_exits():
+    app = TrainingApp(telemetry=FIXED_TELEMETRY)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for key in "pce":
+            await pilot.press(key)
+        assert sum("No trainer" in n for n in notes(app)) == 3
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("q")
+        await until(lambda: app.return_code is not None, "the app to exit")
+    assert app.quit_reason is QuitReason.ENDED
+
+
+class AppWithOneMoreKey(TrainingApp):
+    CSS_PATH = str(Path(wvtui.app.__file__).with_name("app.tcss"))  # else looked up beside this file
+    BINDINGS = [*TrainingApp.BINDINGS, Binding("x", "bell", "Ring", tooltip="A key added after the help was written")]
+
+
+@asyncio_test
+async def test_the_help_lists_every_binding_and_follows_a_new_one():
+    app = AppWithOneMoreKey(telemetry=FIXED_TELEMETRY)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("question_mark")
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen)
+        rows = {keys: what for _, keys, what in help_screen.rows}
+        assert rows["x"] == "A key added after the help was written"
+        for binding in Binding.make_bindings(TrainingApp.BINDINGS):
+            if binding.group is None:
+                assert rows[app.get_key_display(binding)] == binding.tooltip, binding
+        # The pane keys share one row; the app's ctrl+c hides the screen's (copy text).
+        assert rows["1 2 3 4 5"].startswith("Panes: training")
+        assert rows["^c"].startswith("The quit dialog")
+        assert {"v", "s", "tab", "shift+tab", "←", "→"} <= set(rows)
+        assert len(help_screen.rows) == len(rows), "a key is listed twice"
+
+
+@asyncio_test
+async def test_the_log_pane_and_the_headless_printer_write_the_same_words():
+    started = RunStarted(config={"epochs": 3}, summary={}, device="cpu", model="resnet18", num_params=1_000_000,
+                         steps_per_epoch=10, total_steps=30, start_epoch=0, start_step=0, out_dir="runs/x")
+    events = [
+        started,
+        ConfigChanged(epoch=0, step=0, changes={"lr": [0.1, 0.05]}),
+        StateChanged(state=RunState.RUNNING, epoch=0, step=0, previous=RunState.STARTING),
+        StateChanged(state=RunState.PAUSED, epoch=0, step=4, previous=RunState.RUNNING),
+        StateChanged(state=RunState.RUNNING, epoch=0, step=4, previous=RunState.PAUSED),
+        EvalResult(epoch=0, step=10, loss=1.0, acc1=50.0, acc5=90.0, best_acc1=50.0, best_acc5=90.0, manual=False,
+                   is_best=True, seconds=1.0, images=14, images_total=16),
+        RunWarning(kind="bad_images", message="7 unreadable images", paths=tuple(f"p{i}.jpg" for i in range(7))),
+        RunFinished(reason="stopped", epoch=0, step=12, best_acc1=50.0, best_acc5=90.0, seconds=3.0),
+    ]
+    out = io.StringIO()
+    printer = HeadlessPrinter(out)
+    app = TrainingApp(telemetry=FIXED_TELEMETRY)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for ev in events:
+            printer(ev)
+            app.post_message(TrainerEvent(ev))
+        await pilot.pause()
+        log = "\n".join(app.event_log.plain)
+    printed = out.getvalue()
+    expected = [plain(line) for ev in events for line in describe(ev)]
+    assert len(expected) == 14
+    for line in expected:
+        assert line in printed and line in log, line
+    assert "on 14 of 16 images" in log and "lr 0.1 -> 0.05" in log and "... and 2 more" in log
+    assert sum("Paused at" in line for line in app.event_log.plain) == 1
+
+
+@asyncio_test
+async def test_telemetry_pane_without_gpu_shows_reason_and_host_figures():
+    app = TrainingApp(telemetry=TelemetrySampler())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3")
+        pane = app.query_one("#system-pane")
+
+        def shown() -> str:
+            return str(app.query_one("#gpu-info").render()) + str(app.query_one("#host-info").render())
+
+        await until(lambda: pane.telemetry is not None and "RAM" in shown(), "a telemetry sample drawn", pilot)
+        t = pane.telemetry
+        if t.gpus:
+            for g in t.gpus:
+                assert (g.name or "N/A") in shown()
+        else:
+            assert "No NVIDIA GPU / NVML unavailable" in shown()
+            assert t.gpu_unavailable_reason in shown().replace("\n", " ")
+        assert "CPU" in shown() and "workers" in shown()
+
+
+def _tick(step: int, steps: int = 100) -> StepStats:
+    return StepStats(epoch=0, step=step, epoch_step=step, steps_per_epoch=steps, total_steps=steps,
+                     loss=2.0 / step, last_loss=1.0 / step, lr=0.1, img_per_s=1.0, data_wait=0.0,
+                     eta_epoch_s=0.0, eta_run_s=0.0, elapsed_s=0.0, bad_images=0)
+
+
+def test_step_ticks_coalesce_and_other_events_do_not():
     ev = TrainerEvent(EvalResult(epoch=0, step=1, loss=1.0, acc1=1.0, acc5=1.0, best_acc1=1.0, best_acc5=1.0,
                                  manual=True, is_best=True, seconds=0.1, images=1))
-    assert tick(1).can_replace(tick(2))
-    assert not tick(1).can_replace(ev)
-    assert not ev.can_replace(tick(2))
+    assert TrainerEvent(_tick(1)).can_replace(TrainerEvent(_tick(2)))
+    assert not TrainerEvent(_tick(1)).can_replace(ev)
+    assert not ev.can_replace(TrainerEvent(_tick(2)))
 
 
 @asyncio_test
 async def test_a_burst_of_ticks_coalesces_but_the_loss_chart_keeps_every_point():
-    from core.telemetry import HostSnapshot, Telemetry
-
-    def stats(step: int) -> StepStats:
-        return StepStats(epoch=0, step=step, epoch_step=step, steps_per_epoch=100, total_steps=100,
-                         loss=2.0 / step, last_loss=1.0 / step, lr=0.1, img_per_s=1.0, data_wait=0.0,
-                         eta_epoch_s=0.0, eta_run_s=0.0, elapsed_s=0.0, bad_images=0)
-
-    fixed = Telemetry(time=0.0, gpus=(), gpu_unavailable_reason="no NVIDIA GPU found",
-                      host=HostSnapshot(None, None, None, None, None, None, None))
-    app = TrainingApp(telemetry=fixed)
+    app = TrainingApp(telemetry=FIXED_TELEMETRY)
     handled = []
     async with app.run_test(size=(80, 24), message_hook=lambda m: isinstance(m, TrainerEvent) and handled.append(m)) as pilot:
         for step in range(1, 51):  # queued faster than the app takes them
-            app.post_message(TrainerEvent(stats(step)))
+            app.post_message(TrainerEvent(_tick(step)))
         await pilot.pause()
         assert len(handled) < 50, "the burst was not coalesced"
         assert app.training_pane.steps == list(range(1, 51))
@@ -374,7 +504,7 @@ class BigIndex:
 
 @asyncio_test
 async def test_dataset_pane_sorts_and_filters_1000_classes_and_1632_queries():
-    app = TrainingApp(index=BigIndex(), telemetry=TelemetrySampler())
+    app = TrainingApp(index=BigIndex(), telemetry=FIXED_TELEMETRY)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("4")
         await pilot.pause()
@@ -382,9 +512,9 @@ async def test_dataset_pane_sorts_and_filters_1000_classes_and_1632_queries():
         queries = app.query_one("#query-table", FilterTable)
         assert classes.row_count == 1000
 
-        # Typed text filters both tables (the hidden one when it is shown).
+        # Typed text filters both tables (the hidden one when it is shown), once typing pauses.
         await pilot.press("slash", *"number 99")
-        await pilot.pause(0.3)
+        await until(lambda: classes.filter_text == "number 99", "the debounced filter", pilot)
         labels = [str(classes.get_row_at(i)[0]) for i in range(classes.row_count)]
         assert set(labels) == {"99"} | {str(i) for i in range(990, 1000)}
         await pilot.press("enter")
@@ -406,8 +536,7 @@ async def test_dataset_pane_sorts_and_filters_1000_classes_and_1632_queries():
 
         # Clearing the filter brings every row back, still sorted.
         app.query_one("#dataset-filter").value = ""
-        await pilot.pause(0.3)
-        assert classes.row_count == 1000
+        await until(lambda: classes.row_count == 1000, "every row back", pilot)
         assert str(classes.get_row_at(0)[0]) == "0"  # the largest class
         # Per-class accuracy from an evaluation lands in the table.
         app.post_message(TrainerEvent(EvalResult(
@@ -415,3 +544,4 @@ async def test_dataset_pane_sorts_and_filters_1000_classes_and_1632_queries():
             is_best=True, seconds=0.1, images=1000, per_class_acc1=tuple(float(i % 100) for i in range(1000)))))
         await pilot.pause()
         assert str(classes.get_row_at(0)[6]) == "0.0" and str(classes.get_row_at(1)[6]) == "1.0"
+

@@ -1,24 +1,22 @@
-"""The `wvtui` command as a user meets it: bad input gets one line and exit 2; signals stop a run
-after a checkpoint (exit 128+N) or save one and go on; a hang-up of the console's terminal leaves
-the run going headless."""
+"""The `wvtui` command as a user meets it: bad input gets one line and exit 2 (numbers a run cannot
+train with, an --out that holds another run, checkpoints none of which can be used); --demo;
+a disk too full for the checkpoint is exit 1, said in words. Signals are test_signals.py's."""
 
 from __future__ import annotations
 
+import json
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from core.checkpoint import load_checkpoint
 from wvtui.cli import main
-from test_headless import QUICK, cli_env, read_metrics, run_wvtui
+from wvtui_process import QUICK, cli_env, run_wvtui
 
 
 def assert_usage_error(code, err, *needles):
@@ -144,229 +142,6 @@ def test_resume_from_another_model_or_class_count(short_run, synthetic_root, tmp
     assert_usage_error(proc.returncode, proc.stderr, needle)
 
 
-# --- signals ---------------------------------------------------------------------------------
-
-class Live:
-    """A `wvtui --headless` process whose stdout lines are read as they come."""
-
-    def __init__(self, tmp_path, *args):
-        self.lines: list[str] = []
-        self._q: queue.Queue[str | None] = queue.Queue()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wvtui", *args], cwd=tmp_path, env=cli_env(tmp_path),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # in case pytest runs under nohup
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        for line in self.proc.stdout:
-            self._q.put(line.rstrip("\n"))
-        self._q.put(None)
-
-    def wait_for(self, pattern, timeout=120.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no line matching {pattern!r} within {timeout}s:\n" + "\n".join(self.lines))
-            if line is None:
-                raise AssertionError(f"process ended before {pattern!r}:\n" + "\n".join(self.lines)
-                                     + "\nstderr:\n" + self.proc.stderr.read())
-            self.lines.append(line)
-            if re.search(pattern, line):
-                return line
-
-    def finish(self, timeout=120.0) -> tuple[int, str]:
-        code = self.proc.wait(timeout)
-        while (line := self._q.get(timeout=10)) is not None:
-            self.lines.append(line)
-        return code, self.proc.stderr.read()
-
-
-def long_run(synthetic_root, out, *, headless=True):
-    return ["--root", synthetic_root, "--num-classes", "4", "--epochs", "200", "--out", out,
-            *(["--headless"] if headless else []), *QUICK]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-def test_stop_signal_saves_a_checkpoint_and_exits_128_plus_n(synthetic_root, tmp_path, sig):
-    out = str(tmp_path / "run")
-    live = Live(tmp_path, *long_run(synthetic_root, out))
-    live.wait_for(r"^Loss: ")
-    live.proc.send_signal(sig)
-    code, err = live.finish()
-    assert code == 128 + sig, err
-    assert "Traceback" not in err
-    assert any(line.startswith("Finished (stopped)") for line in live.lines), live.lines
-    state = load_checkpoint(os.path.join(out, "checkpoints", "last.pt"))
-    assert 0 < state["step"] < 200 * 8
-    last = [r for r in read_metrics(out) if r["event"] == "checkpoint"][-1]
-    assert last["reason"] == "signal" and last["step"] == state["step"]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_second_sigint_exits_at_once(synthetic_root, tmp_path):
-    live = Live(tmp_path, *long_run(synthetic_root, str(tmp_path / "run")))
-    live.wait_for(r"^Loss: ")
-    live.proc.send_signal(signal.SIGINT)
-    # Apart, or the kernel merges them into one; well inside the step + checkpoint that stopping takes.
-    time.sleep(0.1)
-    live.proc.send_signal(signal.SIGINT)
-    code, err = live.finish()
-    assert code == 128 + signal.SIGINT
-    assert "SIGINT again: exiting now" in err, err
-    assert "Traceback" not in err
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_sigusr1_saves_a_checkpoint_and_the_run_goes_on(synthetic_root, tmp_path):
-    out = str(tmp_path / "run")
-    live = Live(tmp_path, "--root", synthetic_root, "--num-classes", "4", "--epochs", "3", "--out", out,
-                "--headless", *QUICK)
-    live.wait_for(r"^Loss: ")
-    live.proc.send_signal(signal.SIGUSR1)
-    live.wait_for(r"^Checkpoint \(signal\) saved to ")
-    code, err = live.finish()
-    assert code == 0, err
-    assert any(line.startswith("Finished (completed)") for line in live.lines)
-    records = read_metrics(out)
-    manual = [r for r in records if r["event"] == "checkpoint" and r["reason"] == "signal"]
-    assert len(manual) == 1
-    assert manual[0]["step"] < 3 * 8 == load_checkpoint(os.path.join(out, "checkpoints", "last.pt"))["step"]
-
-
-# --- the console over a terminal that hangs up ----------------------------------------------------
-
-def _records(out, event):
-    path = os.path.join(out, "metrics.jsonl")
-    return [r for r in read_metrics(out) if r["event"] == event] if os.path.exists(path) else []
-
-
-def _wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class Console:
-    """`wvtui` on a pseudo-terminal that is its controlling terminal, as in an SSH session."""
-
-    def __init__(self, tmp_path, args, size=(40, 120)):
-        import fcntl
-        import pty
-        import struct
-        import termios
-
-        self.master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
-        env = cli_env(tmp_path)
-        env["TERM"] = "xterm-256color"
-
-        def controlling_tty():  # in the child, after setsid
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-        self.proc = subprocess.Popen([sys.executable, "-m", "wvtui", *args], cwd=tmp_path, env=env,
-                                     stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-                                     preexec_fn=controlling_tty)
-        os.close(slave)
-        self.screen = bytearray()
-        self._stop = threading.Event()
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self):  # a terminal nobody reads blocks the app's writes
-        import select
-
-        while not self._stop.is_set():
-            if select.select([self.master], [], [], 0.1)[0]:
-                try:
-                    data = os.read(self.master, 65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                self.screen.extend(data)
-
-    def hang_up(self):
-        """Close the terminal's master side: the kernel sends SIGHUP to the session."""
-        self._stop.set()
-        self._reader.join(5)
-        os.close(self.master)
-        self.master = None
-
-    def close(self):
-        self._stop.set()
-        if self.master is not None:
-            self._reader.join(5)
-            os.close(self.master)
-            self.master = None
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_console_hangup_continues_headless_in_the_same_run_dir(synthetic_root, tmp_path):
-    out = str(tmp_path / "run")
-    console = Console(tmp_path, long_run(synthetic_root, out, headless=False))
-    proc = console.proc
-    try:
-        _wait_until(lambda: len(_records(out, "train")) >= 2, 150, "training records from the console run")
-        assert proc.poll() is None
-        assert b"\x1b[" in console.screen  # the console, not headless, was drawing on the terminal
-        trained_before = len(_records(out, "train"))
-        console.hang_up()
-
-        log = os.path.join(out, "console.log")
-        _wait_until(lambda: any(r["reason"] == "hangup" for r in _records(out, "checkpoint")), 60,
-                    "the hang-up checkpoint")
-        _wait_until(lambda: len(_records(out, "train")) > trained_before + 2, 60, "training after the hang-up")
-        _wait_until(lambda: os.path.exists(log) and "Loss: " in open(log, errors="replace").read(), 60,
-                    "headless lines in console.log")
-        assert proc.poll() is None, "the run ended with the terminal"
-        text = open(log, errors="replace").read()
-        assert "terminal hung up" in text
-        assert "\x1b[" not in text  # the app's last screen writes went nowhere, not into the log
-        assert re.search(r"\[epoch \d+/200 step \d+/8 \| run \d+/1600\]", text), text
-
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(120) == 128 + signal.SIGTERM
-        state = load_checkpoint(os.path.join(out, "checkpoints", "last.pt"))
-        assert state["step"] >= _records(out, "train")[-1]["step"]  # written at the stop, after the last report
-        assert "Finished (stopped)" in open(log, errors="replace").read()
-    finally:
-        console.close()
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_console_sigterm_saves_closes_the_app_and_exits_143(synthetic_root, tmp_path):
-    out = str(tmp_path / "run")
-    console = Console(tmp_path, long_run(synthetic_root, out, headless=False))
-    try:
-        _wait_until(lambda: len(_records(out, "train")) >= 2, 150, "training records from the console run")
-        console.proc.send_signal(signal.SIGTERM)
-        assert console.proc.wait(120) == 128 + signal.SIGTERM
-        time.sleep(0.5)  # the reader thread collects the app's last writes
-        assert b"\x1b[?1049l" in console.screen  # Textual left the alternate screen: the terminal is restored
-        last = _records(out, "checkpoint")[-1]
-        assert last["reason"] == "signal"
-        assert load_checkpoint(os.path.join(out, "checkpoints", "last.pt"))["step"] == last["step"]
-        assert _records(out, "finished")[-1]["reason"] == "stopped"
-    finally:
-        console.close()
-
-
 # --- --demo ---------------------------------------------------------------------------------------
 
 TINY_DEMO = dict(classes=3, queries_per_class=1, images_per_query=6, val_per_class=2, size=40, seed=0)
@@ -393,7 +168,7 @@ def test_demo_dataset_is_generated_once_into_the_cache(tmp_path, monkeypatch):
 
 def test_demo_settings_apply_under_explicit_flags(tmp_path, monkeypatch):
     from wvtui import demo
-    from wvtui.cli import build_parser, resolve_config
+    from wvtui.options import build_parser, resolve_config
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(demo, "DATASET", TINY_DEMO)
@@ -431,7 +206,7 @@ def test_demo_run_uses_the_cached_dataset_and_says_it_is_a_demo(tmp_path):
 
 
 def test_default_out_and_the_run_dir_of_a_resumed_checkpoint(tmp_path, monkeypatch):
-    from wvtui.cli import build_parser, resolve_config
+    from wvtui.options import build_parser, resolve_config
 
     monkeypatch.chdir(tmp_path)
     cfg = resolve_config(build_parser().parse_args(["--root", "data"]))
@@ -460,3 +235,109 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(synthetic_root, tmp_path, c
     code = main(["--root", synthetic_root, "--num-classes", "4", "--out", str(tmp_path / "r"), "--resume", str(bogus),
                  *QUICK])
     assert_usage_error(code, capsys.readouterr().err, str(bogus))
+
+
+# --- numbers that cannot train, an --out that holds another run, the workers default -----------------
+
+@pytest.mark.parametrize("args, needle", [
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--lr", "-0.1"], "--lr"),
+    (["--gamma", "-0.1"], "--gamma"),
+    (["--gamma", "nan"], "--gamma"),
+    (["--milestones", "-5", "10"], "--milestones"),
+    (["--momentum", "nan"], "--momentum"),
+    (["--weight-decay", "inf"], "--weight-decay"),
+    (["--weight-decay", "nan"], "--weight-decay"),
+])
+def test_numbers_a_run_cannot_train_with_are_refused_up_front(args, needle, tmp_path, capsys):
+    code = main(["--root", str(tmp_path), "--out", str(tmp_path / "r"), *args])
+    assert_usage_error(code, capsys.readouterr().err, needle)
+
+
+def _earlier_run(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    (out / "checkpoints" / "last.pt").write_bytes(b"days of training")
+    return out
+
+
+def test_an_out_holding_checkpoints_is_refused_without_resume(synthetic_root, tmp_path, capsys):
+    out = _earlier_run(tmp_path)
+    code = main(["--root", synthetic_root, "--num-classes", "4", "--out", str(out), *QUICK])
+    assert_usage_error(code, capsys.readouterr().err, str(out), "last.pt", "--resume auto", "another --out",
+                       "--overwrite")
+    assert (out / "checkpoints" / "last.pt").read_bytes() == b"days of training"
+
+
+def test_resuming_a_checkpoint_of_another_run_into_an_out_with_checkpoints_is_refused(synthetic_root, tmp_path, capsys):
+    out = _earlier_run(tmp_path)
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"x")
+    code = main(["--root", synthetic_root, "--num-classes", "4", "--out", str(out), "--resume", str(other), *QUICK])
+    assert_usage_error(code, capsys.readouterr().err, str(out), "--overwrite")
+
+
+def test_help_says_what_overwrite_does(capsys):
+    from wvtui.options import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "--overwrite" in text and "deleted when training starts" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_overwrite_starts_a_new_run_over_the_old_checkpoints(synthetic_root, tmp_path):
+    out = _earlier_run(tmp_path)
+    proc = run_wvtui(tmp_path, "--root", synthetic_root, "--num-classes", "4", "--epochs", "1", "--steps-per-epoch", "2",
+                     "--val-batches", "1", "--out", str(out), "--overwrite", "--headless", *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    assert f"deleting the earlier run's checkpoints: {out / 'checkpoints' / 'last.pt'}" in proc.stderr
+    assert load_checkpoint(str(out / "checkpoints" / "last.pt"))["step"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_resume_auto_with_only_unusable_checkpoints_names_each_file(synthetic_root, tmp_path):
+    out = _earlier_run(tmp_path)
+    (out / "checkpoints" / "best.pt").write_bytes(b"PK\x03\x04 not a checkpoint either")
+    proc = run_wvtui(tmp_path, "--root", synthetic_root, "--num-classes", "4", "--epochs", "1", "--steps-per-epoch", "1",
+                     "--out", str(out), "--resume", "auto", "--headless", *QUICK, timeout=100)
+    assert_usage_error(proc.returncode, proc.stderr, str(out / "checkpoints" / "last.pt"),
+                       str(out / "checkpoints" / "best.pt"))
+    assert (out / "checkpoints" / "last.pt").read_bytes() == b"days of training"
+
+
+def test_default_workers_share_the_cores_among_local_ranks(monkeypatch):
+    from core.config import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers() == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_workers() == 7
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    assert default_workers() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert default_workers() == 1
+
+
+# --- a full disk ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_full_disk_ends_with_exit_1_and_says_the_checkpoint_was_not_written(synthetic_root, tmp_path, small_disk):
+    out = small_disk("8m") / "run"  # room for the logs, not for one 90 MB checkpoint
+    proc = run_wvtui(tmp_path, "--root", synthetic_root, "--num-classes", "4", "--epochs", "1", "--steps-per-epoch", "2",
+                     "--val-batches", "1", "--out", str(out), "--headless", *QUICK)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("wvtui: ") and "the checkpoint could not be written" in last, proc.stderr
+    assert "no checkpoint of this run is on disk" in last
+    assert not re.search(r"saved to .*\.pt", proc.stdout), proc.stdout  # no message claims a file that is not there
+    assert not os.path.exists(out / "checkpoints" / "last.pt") and not os.path.exists(out / "checkpoints" / "best.pt")
+    with open(out / "metrics.jsonl") as f:
+        assert all(json.loads(line) for line in f)  # every line valid JSON, up to the end

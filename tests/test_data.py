@@ -1,9 +1,7 @@
-"""Dataset, transforms, sampler, loader and device-side normalisation over real JPEGs on disk."""
+"""Dataset, transforms, sampler, loader and device-side normalisation over real JPEGs on disk.
+(Unreadable and odd image files: tests/test_bad_images.py.)"""
 
 from __future__ import annotations
-
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -25,8 +23,7 @@ from core.data import (
     train_transform,
     val_transform,
 )
-from core.synthetic import read_manifest
-from core.webvision import SampleList, WebVisionIndex
+from core.webvision import WebVisionIndex
 
 SIZE = 40
 
@@ -34,11 +31,6 @@ SIZE = 40
 @pytest.fixture(scope="module")
 def index(synthetic_root) -> WebVisionIndex:
     return WebVisionIndex.load(synthetic_root, num_classes=4)
-
-
-@pytest.fixture(scope="module")
-def bad_index(bad_synthetic_root) -> WebVisionIndex:
-    return WebVisionIndex.load(bad_synthetic_root, num_classes=4)
 
 
 def batches(loader) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -114,90 +106,6 @@ def test_random_crop_still_shows_the_class_colour(index):
     for c, vs in means.items():
         nearest = [min(centre, key=lambda k: (v - centre[k]).norm().item()) for v in vs]
         assert sum(n == c for n in nearest) >= 0.75 * len(vs)
-
-
-# ----------------------------------------------------------------------------- decoding
-
-
-def test_grayscale_cmyk_and_png_named_jpg_decode_to_rgb(bad_synthetic_root, bad_index):
-    odd = read_manifest(bad_synthetic_root)["odd"]
-    assert {o["kind"] for o in odd} == {"png_named_jpg", "grayscale", "cmyk"}
-    ds = WebVisionDataset(bad_index.train, train_transform(SIZE), seed=0)
-    for o in odd:
-        path = bad_index.train.path(o["index"])
-        assert path.endswith(o["path"])
-        img = decode_rgb(path)
-        with Image.open(path) as im:
-            ref = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-        assert img.shape == ref.shape and img.shape[0] == 3
-        assert (img.float() - ref.float()).abs().mean() < 3
-        x, label, bad = ds[(o["index"], 0)]
-        assert bad == -1 and x.shape == (3, SIZE, SIZE)
-
-
-def test_a_format_torchvision_refuses_falls_back_to_pillow(synthetic_root, tmp_path):
-    path = str(tmp_path / "bitmap.jpg")
-    with Image.open(os.path.join(synthetic_root, "val_images_256", "val000001.jpg")) as im:
-        im.save(path, format="BMP")
-    with pytest.raises(RuntimeError):
-        from torchvision.io import decode_image, read_file
-
-        decode_image(read_file(path))
-    img = decode_rgb(path)
-    with Image.open(path) as im:
-        assert torch.equal(img, torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
-
-
-@pytest.mark.parametrize("kind", ["truncated", "zero_bytes", "missing"])
-def test_unreadable_files_raise_from_decode(bad_synthetic_root, bad_index, kind):
-    entry = next(b for b in read_manifest(bad_synthetic_root)["bad"] if b["kind"] == kind)
-    with pytest.raises((OSError, ValueError, RuntimeError)):
-        decode_rgb(bad_index.train.path(entry["index"]))
-
-
-# ----------------------------------------------------------------------------- bad files
-
-
-def test_bad_files_are_replaced_by_the_next_readable_sample_and_reported(bad_synthetic_root, bad_index):
-    bad_train = [b for b in read_manifest(bad_synthetic_root)["bad"] if b["split"] == "train"]
-    ds = WebVisionDataset(bad_index.train, train_transform(SIZE), seed=0)
-    for b in bad_train:
-        i = b["index"]
-        img, label, bad = ds[(i, 1)]
-        assert bad == i and bad_index.train.relpath(bad) == b["path"]
-        assert img.dtype == torch.uint8 and img.shape == (3, SIZE, SIZE)
-        assert label == int(bad_index.train.labels[i + 1])  # the replacement's own label
-        assert torch.equal(ds[(i, 1)][0], img)  # the replacement is deterministic
-
-
-def test_a_full_pass_with_workers_reports_each_bad_file_once(bad_synthetic_root, bad_index):
-    manifest = read_manifest(bad_synthetic_root)
-    ds = WebVisionDataset(bad_index.train, train_transform(SIZE), seed=0)
-    loader = make_loader(ds, ResumableSampler(len(ds), seed=0), 8, 2, pin_memory=True, drop_last=False)
-    seen, labels = [], []
-    for images, label, bad in loader:
-        assert images.dtype == torch.uint8 and images.shape[1:] == (3, SIZE, SIZE)
-        seen += bad[bad >= 0].tolist()
-        labels += label.tolist()
-    expected = sorted(b["index"] for b in manifest["bad"] if b["split"] == "train")
-    assert sorted(seen) == expected and len(labels) == len(ds)
-    val = WebVisionDataset(bad_index.val, val_transform(SIZE), train=False)
-    last = len(val) - 1  # the zero-byte val file is the last: replaced by wrapping to index 0
-    img, label, bad = val[last]
-    assert bad == last and label == int(bad_index.val.labels[0])
-
-
-def test_a_tree_of_only_unreadable_files_fails_clearly(tmp_path):
-    for i in range(3):
-        (tmp_path / f"{i}.jpg").write_bytes(b"")
-    rel = b"".join(f"{i}.jpg".encode() for i in range(3))
-    samples = SampleList(
-        np.frombuffer(rel, np.uint8), np.array([0, 5, 10, 15]), np.zeros(3, np.int64),
-        np.full(3, -1, np.int32), str(tmp_path),
-    )
-    ds = WebVisionDataset(samples, val_transform(SIZE), train=False)
-    with pytest.raises(RuntimeError, match=r"3 consecutive unreadable images from .*0\.jpg on"):
-        ds[0]
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -341,6 +249,36 @@ def test_normalize_on_device_matches_totensor_normalize(index):
     assert bf.dtype == torch.bfloat16 and (bf.float() - ref).abs().max() < 0.02
     extremes = normalize_on_device(torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 2, 1).expand(1, 3, 2, 1))
     assert extremes[0, :, 0, 0].tolist() == pytest.approx([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float32, torch.bfloat16, torch.float16])
+def test_normalize_writes_the_autocast_dtype_for_every_uint8_value(dtype):
+    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(2, 3, 16, 16).contiguous()
+    ref = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(values.float() / 255)  # what ToTensor gives
+    out = normalize_on_device(values, dtype=dtype)
+    assert out.dtype == (dtype or torch.float32) and out.is_contiguous(memory_format=torch.channels_last)
+    if out.dtype == torch.float32:
+        assert (out - ref).abs().max() <= 1e-6
+    else:  # computed in fp32, rounded once: exactly the reference rounded
+        assert torch.equal(out, ref.to(out.dtype))
+    flat = normalize_on_device(values, channels_last=False, dtype=dtype)
+    assert flat.is_contiguous() and torch.equal(flat, out)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_normalize_on_cuda_is_one_kernel_from_uint8_to_the_autocast_dtype(dtype):
+    # CPU kernels cast mixed dtypes through temporaries; CUDA ones cast as they read and write.
+    batch = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, device="cuda")
+    normalize_on_device(batch, dtype=dtype)  # the per-device constants are made once, here
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        out = normalize_on_device(batch, dtype=dtype)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == 1, [e.name for e in kernels]
+    assert out.dtype == (dtype or torch.float32)
 
 
 def test_normalize_rejects_what_is_not_a_uint8_image_batch():

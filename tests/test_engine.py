@@ -15,8 +15,6 @@ from core.events import (
     Command,
     EpochEnd,
     EvalResult,
-    Paused,
-    Resumed,
     RunFinished,
     RunStarted,
     RunState,
@@ -24,17 +22,22 @@ from core.events import (
     StepStats,
 )
 from core.runlog import read_metrics
-from engine_helpers import (
+from helpers import (
     STEPS_PER_EPOCH,
     Recorder,
     assert_same_weights,
     config,
+    entered,
     make_trainer,
     running,
     one_torch_thread,  # noqa: F401 - module fixture
     root,  # noqa: F401 - fixture
     weights,
 )
+
+
+# Every test here trains a model (seconds each on a shared CPU).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,10 @@ def test_two_epochs_learn_the_synthetic_classes(reference):
     assert finished.best_acc1 == max(e.acc1 for e in evals)
     assert len(evals[-1].per_class_acc1) == 5
     assert evals[-1].images == 50
-    types = [type(e) for e in rec.events]
-    assert types[0] is StateChanged or types[0] is RunStarted
+    assert isinstance(rec.events[0], RunStarted)
+    first_state = rec.of(StateChanged)[0]
+    assert (first_state.previous, first_state.state) == (RunState.STARTING, RunState.RUNNING)
+    assert_one_event_per_state_change(rec)
     assert isinstance(rec.events[-1], RunFinished)
     started = rec.of(RunStarted)[0]
     assert started.steps_per_epoch == STEPS_PER_EPOCH and started.total_steps == 30 and started.amp == "off"
@@ -149,13 +154,13 @@ def test_commands_take_effect_within_one_step_and_pause_holds_the_place(root, re
         rec.wait_for(lambda e: isinstance(e, StepStats) and e.step >= 3)
         submitted_at = trainer.step
         trainer.submit(Command.PAUSE)
-        paused = rec.wait_for(lambda e: isinstance(e, Paused))
+        paused = rec.wait_for(entered(RunState.PAUSED))
         assert submitted_at <= paused.step <= submitted_at + 1
         assert trainer.state is RunState.PAUSED
 
         # Paused: nothing moves, but evaluate and checkpoint still work, at the held place.
         stats_before = len(rec.of(StepStats))
-        threading.Event().wait(0.4)
+        threading.Event().wait(0.4)  # a window in which nothing may happen: no event to wait for
         assert trainer.step == paused.step and len(rec.of(StepStats)) == stats_before
         trainer.submit(Command.EVALUATE)
         manual = rec.wait_for(lambda e: isinstance(e, EvalResult) and e.manual)
@@ -167,7 +172,7 @@ def test_commands_take_effect_within_one_step_and_pause_holds_the_place(root, re
         assert trainer.step == paused.step
 
         trainer.submit(Command.RESUME)
-        resumed = rec.wait_for(lambda e: isinstance(e, Resumed))
+        resumed = rec.wait_for(entered(RunState.RUNNING, previous=RunState.PAUSED))
         assert resumed.step == paused.step
         next_stats = rec.wait_for(lambda e: isinstance(e, StepStats) and e.step > paused.step)
         assert next_stats.step == paused.step + 1
@@ -190,6 +195,18 @@ def test_commands_take_effect_within_one_step_and_pause_holds_the_place(root, re
     assert [r["step"] for r in rows if r["event"] == "train"] == list(range(1, 31))
     assert_same_weights(final_weights(out), final_weights(reference[0]))
     assert trainer.model.training
+    assert_one_event_per_state_change(rec)
+    pauses = [(e.previous, e.state) for e in rec.of(StateChanged) if RunState.PAUSED in (e.previous, e.state)]
+    assert pauses == [(RunState.RUNNING, RunState.PAUSED), (RunState.PAUSED, RunState.EVALUATING),
+                      (RunState.EVALUATING, RunState.PAUSED), (RunState.PAUSED, RunState.CHECKPOINTING),
+                      (RunState.CHECKPOINTING, RunState.PAUSED), (RunState.PAUSED, RunState.RUNNING)]
+
+
+def assert_one_event_per_state_change(rec: Recorder) -> None:
+    """Each StateChanged names a real change, and its `previous` is the state the one before it set."""
+    changes = rec.of(StateChanged)
+    assert all(e.state is not e.previous for e in changes)
+    assert all(a.state is b.previous for a, b in zip(changes, changes[1:]))
 
 
 def test_stop_from_another_thread_checkpoints_within_one_step(root, tmp_path):
@@ -224,7 +241,7 @@ def test_pause_waits_without_spinning(root, tmp_path):
     with running(trainer, rec) as runner:
         rec.wait_for(lambda e: isinstance(e, StepStats) and e.step >= 1)
         trainer.submit(Command.PAUSE)
-        rec.wait_for(lambda e: isinstance(e, Paused))
+        rec.wait_for(entered(RunState.PAUSED))
         cpu0 = _thread_cpu_seconds(runner.native_id)
         threading.Event().wait(1.0)
         cpu1 = _thread_cpu_seconds(runner.native_id)
@@ -241,7 +258,9 @@ def _thread_cpu_seconds(native_id: int) -> float:
 
 
 def test_a_signal_handler_can_resume_a_trainer_paused_on_the_main_thread(root, tmp_path):
-    """Headless mode runs the trainer on the main thread, where signal handlers also run."""
+    """A trainer run on the main thread (a script calling trainer.run() directly) shares that thread
+    with the signal handlers: a handler that submits while the trainer waits must still wake it.
+    (wvtui's own front ends run the trainer in a thread of its own, TrainerRunner.)"""
     import signal
     import time
 
@@ -254,9 +273,9 @@ def test_a_signal_handler_can_resume_a_trainer_paused_on_the_main_thread(root, t
     def on_event(e):
         if isinstance(e, StepStats) and e.step == 2:
             holder["t"].submit(Command.PAUSE)
-        if isinstance(e, Paused):
+        if entered(RunState.PAUSED)(e):
             signal.setitimer(signal.ITIMER_REAL, 0.3)
-        if isinstance(e, Resumed):
+        if entered(RunState.RUNNING, previous=RunState.PAUSED)(e):
             holder["resumed_at"] = time.monotonic()
 
     rec = Recorder(on_event)
@@ -268,5 +287,7 @@ def test_a_signal_handler_can_resume_a_trainer_paused_on_the_main_thread(root, t
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert finished.reason == "completed"
-    assert [e.step for e in rec.of(Paused)] == [2] and [e.step for e in rec.of(Resumed)] == [2]
+    transitions = [(e.previous, e.state, e.step) for e in rec.of(StateChanged)]
+    assert (RunState.RUNNING, RunState.PAUSED, 2) in transitions
+    assert (RunState.PAUSED, RunState.RUNNING, 2) in transitions
     assert holder["resumed_at"] - holder["alarm_at"] < 2.0

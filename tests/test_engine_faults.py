@@ -15,16 +15,19 @@ from core.events import (
     CheckpointSaved,
     Command,
     EvalResult,
-    Paused,
     RunError,
     RunFinished,
     RunState,
     RunWarning,
+    StateChanged,
     StepStats,
 )
 from core.runlog import read_metrics
-from engine_helpers import Recorder, config, faulty, make_trainer
-from engine_helpers import one_torch_thread, root  # noqa: F401 - fixtures
+from helpers import Recorder, config, entered, faulty, make_trainer
+from helpers import one_torch_thread, root  # noqa: F401 - fixtures
+
+# Every test here trains a model (seconds each on a shared CPU).
+pytestmark = pytest.mark.slow
 
 STEPS = 5  # steps per epoch in these tests (max_steps_per_epoch)
 
@@ -51,15 +54,18 @@ def test_non_finite_loss_pauses_and_never_becomes_best(root, tmp_path):
     holder = {}
     # The model turns the loss into NaN from the third step of the second epoch on; every
     # automatic pause is answered with RESUME so the run reaches its end-of-epoch evaluation.
-    rec = Snapshots(lambda e: isinstance(e, Paused) and holder["t"].submit(Command.RESUME))
+    rec = Snapshots(lambda e: entered(RunState.PAUSED)(e) and holder["t"].submit(Command.RESUME))
     cfg = config(root, str(tmp_path), epochs=2, max_steps_per_epoch=STEPS, nonfinite_patience=2)
     trainer = holder["t"] = make_trainer(cfg, rec, model_factory=faulty(STEPS + 3, "nan"))
     finished = trainer.run()
-    assert finished.reason == "completed"
+    # The loss is still not finite at the run's last report: it never ends "completed".
+    assert finished.reason == "nonfinite"
+    assert [e.kind for e in rec.of(RunError)] == ["nonfinite"] and "latest" in rec.of(RunError)[0].message
     warnings = [w for w in rec.of(RunWarning) if w.kind == "nonfinite"]
     assert warnings and "not finite" in warnings[0].message
     first_nan = STEPS + 3
-    assert rec.of(Paused)[0].step == first_nan + 1  # two non-finite reports in a row
+    pauses = [e for e in rec.of(StateChanged) if entered(RunState.PAUSED)(e)]
+    assert pauses[0].step == first_nan + 1  # two non-finite reports in a row
     evals = rec.of(EvalResult)
     assert evals[0].is_best and not evals[1].is_best
     assert finished.best_acc1 == evals[0].acc1
@@ -82,7 +88,7 @@ def test_non_finite_loss_in_headless_mode_stops_with_a_clear_error(root, tmp_pat
     assert finished.reason == "nonfinite" and finished.step == STEPS + 4
     errors = rec.of(RunError)
     assert [e.kind for e in errors] == ["nonfinite"] and "--lr" in errors[0].message
-    assert rec.of(Paused) == []
+    assert [e for e in rec.of(StateChanged) if e.state is RunState.PAUSED] == []
     last = os.path.join(cfg.out, "checkpoints", "last.pt")
     assert digest(last) == rec.digests["last.pt"]
 
@@ -109,7 +115,7 @@ def test_an_unexpected_exception_is_reported_with_its_traceback(root, tmp_path):
     assert finished.reason == "error"
     (error,) = rec.of(RunError)
     assert error.kind == "exception" and "ValueError: shapes do not match" in error.message
-    assert "FaultyModel" in error.traceback or "forward" in error.traceback
+    assert ", in forward" in error.traceback and "shapes do not match" in error.traceback
     assert isinstance(rec.events[-1], RunFinished)
     last = os.path.join(cfg.out, "checkpoints", "last.pt")
     assert digest(last) == rec.digests["last.pt"]
@@ -133,6 +139,7 @@ def test_a_failing_checkpoint_write_is_reported_and_training_goes_on(root, tmp_p
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous_handler)
     assert finished.reason == "completed" and finished.step == 9
+    assert finished.checkpoint_failed  # the run's latest write failed: its progress is not on disk
     errors = [e for e in rec.of(RunError) if e.kind == "checkpoint"]
     assert len(errors) >= 2  # epochs 1 and 2 could not save last.pt
     assert "training goes on" in errors[0].message and "last.pt" in errors[0].message
@@ -155,6 +162,11 @@ def test_bad_images_are_counted_and_named_once(bad_synthetic_root, tmp_path):
     assert len(warned) == len(bad_train | bad_val)  # each file once, though read every epoch
     for rel in bad_train | bad_val:
         assert any(p.endswith(rel) for p in warned), (rel, warned)
+    # Unreadable val images are left out of the evaluation, and the result says "N of M".
+    with open(os.path.join(bad_synthetic_root, "info", "val_filelist.txt")) as f:
+        val_total = sum(1 for line in f if line.strip())
+    assert bad_val and [(e.images, e.images_total) for e in rec.of(EvalResult)] == \
+        [(val_total - len(bad_val), val_total)] * 2
     first_epoch = [s for s in rec.of(StepStats) if s.epoch == 0]
     assert first_epoch[-1].bad_images == len(bad_train)
     assert rec.of(StepStats)[-1].bad_images == len(bad_train) + len(bad_val)
@@ -181,7 +193,7 @@ def small_checkpoint(root, tmp_path_factory):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(resume="{missing}"), "not found"),
+        (dict(resume="{missing}"), "does not exist"),
         (dict(model="resnet34"), "holds a 'resnet18' model, not 'resnet34'"),
         (dict(num_classes=4), "trained for 5 classes, not 4"),
     ],
@@ -208,3 +220,27 @@ def test_stop_for_a_signal_names_it_in_the_checkpoint(root, tmp_path):
     finished = trainer.run()
     assert finished.reason == "stopped"
     assert [(c.reason, c.step) for c in rec.of(CheckpointSaved)] == [("signal", 2)]
+
+
+def test_after_nonfinite_stops_a_non_finite_loss_stops_instead_of_pausing(root, tmp_path):
+    """What the console sends when the terminal hangs up: nobody is left to resume a pause."""
+    holder = {}
+    rec = Snapshots(lambda e: isinstance(e, StepStats) and e.step == 1 and holder["t"].submit(Command.NONFINITE_STOPS))
+    cfg = config(root, str(tmp_path), epochs=1, max_steps_per_epoch=STEPS, nonfinite_patience=2)
+    trainer = holder["t"] = make_trainer(cfg, rec, model_factory=faulty(3, "nan"))
+    finished = trainer.run()
+    assert finished.reason == "nonfinite" and finished.step == 4
+    assert [e for e in rec.of(StateChanged) if e.state is RunState.PAUSED] == []
+    assert trainer.nonfinite_action == "stop"
+
+
+def test_a_non_finite_loss_in_the_last_report_never_ends_completed(root, tmp_path):
+    rec = Snapshots()
+    cfg = config(root, str(tmp_path), epochs=1, max_steps_per_epoch=STEPS, nonfinite_patience=3)
+    finished = make_trainer(cfg, rec, model_factory=faulty(STEPS, "nan")).run()  # only the last step
+    assert finished.reason == "nonfinite"
+    (error,) = rec.of(RunError)
+    assert error.kind == "nonfinite" and "latest training loss was not finite" in error.message
+    # The non-finite model was never saved, and the message claims no checkpoint that is not there.
+    assert not os.path.exists(os.path.join(cfg.out, "checkpoints", "last.pt"))
+    assert ".pt" not in error.message and "no checkpoint was written" in error.message

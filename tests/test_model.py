@@ -1,4 +1,5 @@
-"""InceptionResNetV2 matches the reference network and accepts small inputs; build_model's registry."""
+"""InceptionResNetV2 matches the reference network and accepts small inputs; build_model's registry:
+every model returns plain logits in training, and input sizes a model cannot take are refused up front."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from core.model import (
     InceptionResNetV2,
     available_models,
     build_model,
+    check_input_size,
     count_parameters,
 )
 
@@ -21,12 +23,19 @@ def model50() -> InceptionResNetV2:
     return InceptionResNetV2(num_classes=50).eval()
 
 
+def on_meta(num_classes: int) -> InceptionResNetV2:
+    """The network's structure without initialising 55M weights: for tests of names, shapes, counts."""
+    with torch.device("meta"):
+        return InceptionResNetV2(num_classes=num_classes)
+
+
 @pytest.mark.parametrize(("num_classes", "expected"), [(50, 54_383_314), (1001, 55_845_001)])
 def test_parameter_count_matches_the_reference(num_classes, expected):
-    assert count_parameters(InceptionResNetV2(num_classes=num_classes)) == expected
+    assert count_parameters(on_meta(num_classes)) == expected
 
 
-@pytest.mark.parametrize("size", [75, 96, 128, 299])
+@pytest.mark.parametrize("size", [75, pytest.param(96, marks=pytest.mark.slow), pytest.param(128, marks=pytest.mark.slow),
+                                  pytest.param(299, marks=pytest.mark.slow)])
 def test_forward_accepts_any_input_of_at_least_75_px(model50, size):
     with torch.no_grad():
         out = model50(torch.randn(2, 3, size, size))
@@ -48,10 +57,11 @@ def test_bad_input_shape_gets_a_clear_error(model50, shape):
 def test_adaptive_pool_equals_reference_avgpool_on_8x8_map():
     x = torch.randn(2, 1536, 8, 8)
     ref = nn.AvgPool2d(8, count_include_pad=False)(x)
-    ours = InceptionResNetV2(num_classes=10).avgpool_1a(x)
+    ours = on_meta(10).avgpool_1a(x)  # a module without parameters: it computes on the CPU all the same
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # a 299 px forward of the full network
 def test_at_299_px_logits_equal_the_reference_pooling_path(model50):
     x = torch.randn(1, 3, 299, 299)
     with torch.no_grad():
@@ -85,7 +95,7 @@ REFERENCE_KEYS = {
 
 
 def test_state_dict_has_reference_names_and_shapes():
-    sd = InceptionResNetV2(num_classes=1001).state_dict()
+    sd = on_meta(1001).state_dict()
     for key, shape in REFERENCE_KEYS.items():
         assert key in sd, key
         assert tuple(sd[key].shape) == shape, key
@@ -95,6 +105,7 @@ def test_state_dict_has_reference_names_and_shapes():
     assert not any(k.startswith("avgpool_1a") for k in sd)
 
 
+@pytest.mark.slow  # two 1001-class networks initialised, saved and compared
 def test_reference_state_dict_loads_strict_from_disk(tmp_path):
     torch.manual_seed(1)
     src = InceptionResNetV2(num_classes=1001).eval()
@@ -108,15 +119,15 @@ def test_reference_state_dict_loads_strict_from_disk(tmp_path):
         torch.testing.assert_close(dst(x), src(x))
 
 
-def test_a_state_dict_with_a_foreign_key_is_refused():
-    sd = InceptionResNetV2(num_classes=10).state_dict()
+def test_a_state_dict_with_a_foreign_key_is_refused(model50):
+    sd = model50.state_dict()
     sd["block8.relu.weight"] = torch.zeros(1)
     with pytest.raises(RuntimeError, match="block8.relu.weight"):
-        InceptionResNetV2(num_classes=10).load_state_dict(sd, strict=True)
+        on_meta(50).load_state_dict(sd, strict=True, assign=True)
 
 
 def test_reference_hyperparameters():
-    m = InceptionResNetV2(num_classes=5)
+    m = on_meta(5)
     bns = [mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
     assert len(bns) == 204
     assert all(bn.eps == 0.001 and bn.momentum == 0.1 and bn.affine for bn in bns)
@@ -135,8 +146,8 @@ def test_final_block8_output_can_be_negative(model50):
         assert (model50.repeat_2[-1](x) >= 0).all()
 
 
-def test_weights_are_initialised_like_torchvision():
-    m = InceptionResNetV2(num_classes=7)
+def test_weights_are_initialised_like_torchvision(model50):
+    m = model50
     assert torch.equal(m.conv2d_1a.bn.weight, torch.ones(32))
     assert torch.equal(m.conv2d_1a.bn.bias, torch.zeros(32))
     assert torch.equal(m.repeat[0].conv2d.bias, torch.zeros(320))
@@ -152,7 +163,8 @@ def test_num_classes_must_be_positive():
 
 @pytest.mark.parametrize("name", ["inception_resnet_v2", "inceptionresnetv2", "Inception_ResNet_V2"])
 def test_build_model_our_network(name):
-    m = build_model(name, 50)
+    with torch.device("meta"):
+        m = build_model(name, 50)
     assert isinstance(m, InceptionResNetV2)
     assert m.last_linear.out_features == 50
 
@@ -189,3 +201,72 @@ def test_count_parameters_trainable_only():
     m[0].weight.requires_grad_(False)
     assert count_parameters(m) == 16 + 10
     assert count_parameters(m, trainable_only=True) == 4 + 10
+
+
+def _one_training_step(model: nn.Module, size: int) -> torch.Tensor:
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    out = model(torch.randn(2, 3, size, size))
+    assert type(out) is torch.Tensor, f"training forward returned {type(out).__name__}, not the logits"
+    nn.functional.cross_entropy(out, torch.tensor([0, 1])).backward()
+    optimizer.step()
+    return out
+
+
+def test_googlenet_trains_on_its_main_logits(one_thread):
+    torch.manual_seed(0)
+    assert _one_training_step(build_model("googlenet", 5), 75).shape == (2, 5)
+
+
+@pytest.mark.slow  # about 3 s on one CPU core
+def test_inception_v3_trains_on_its_main_logits(one_thread):
+    torch.manual_seed(0)
+    model = build_model("inception_v3", 5)
+    assert model.AuxLogits is None and model.min_input_size == 75
+    assert _one_training_step(model, 96).shape == (2, 5)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", ["vit_b_16", "vit_l_32", "maxvit_t"])
+def test_a_model_with_a_fixed_input_size_refuses_any_other(name):
+    with torch.device("meta"):  # the attributes, without initialising ~100M parameters
+        model = build_model(name, 5)
+    assert model.fixed_input_size == 224
+    for built in (model, None):  # None: the CLI's check by name, before anything is built
+        with pytest.raises(ValueError, match=rf"^--model {name} takes --image-size 224 only \(got 96\)$"):
+            check_input_size(name, built, 96)
+        check_input_size(name, built, 224)
+
+
+@pytest.mark.parametrize("name, least", [("inception_resnet_v2", 75), ("inception_v3", 75), ("alexnet", 63)])
+def test_a_model_with_a_minimum_input_size_refuses_smaller(name, least):
+    with torch.device("meta"):
+        model = build_model(name, 5)
+    assert model.min_input_size == least
+    for built in (model, None):
+        with pytest.raises(ValueError, match=rf"^--image-size {least - 1} is too small for --model {name}: "
+                                             rf"use {least} or more$"):
+            check_input_size(name, built, least - 1)
+        check_input_size(name, built, least)
+
+
+def test_the_minimum_of_alexnet_is_where_its_forward_starts_to_work():
+    with torch.device("meta"):
+        model = build_model("alexnet", 5).train()
+    model(torch.empty(2, 3, 63, 63, device="meta"))
+    with pytest.raises(RuntimeError):
+        model(torch.empty(2, 3, 62, 62, device="meta"))
+
+
+def test_models_without_limits_take_any_size():
+    model = build_model("resnet18", 5)
+    assert not hasattr(model, "fixed_input_size") and not hasattr(model, "min_input_size")
+    check_input_size("resnet18", model, 32)
+    check_input_size("resnet18", None, 32)

@@ -12,12 +12,13 @@ import time
 
 import pytest
 
-from core.events import (CheckpointSaved, EpochEnd, EvalResult, RunStarted, RunState, RunWarning,
+from core.events import (CheckpointSaved, ConfigChanged, EpochEnd, EvalResult, RunStarted, RunState, RunWarning,
                          StateChanged, StepStats)
 from core.telemetry import GpuSnapshot, HostSnapshot, Telemetry
 from core.webvision import WebVisionIndex
 from wvtui.app import TrainingApp
 from wvtui.messages import TrainerEvent
+from wvtui.widgets.help_screen import HelpScreen
 from wvtui.widgets.quit_screen import QuitScreen
 
 GiB = 1024**3
@@ -73,7 +74,8 @@ def event_stream(summary: dict) -> list:
             events += [
                 EvalResult(epoch=epoch - 1, step=step, loss=loss + 0.2, acc1=acc1, acc5=100.0, best_acc1=best,
                            best_acc5=100.0, manual=False, is_best=acc1 >= best, seconds=1.5, images=16,
-                           per_class_acc1=(acc1, acc1 + 10, acc1 - 10, acc1)),
+                           per_class_acc1=(acc1, acc1 + 10, acc1 - 10, acc1),
+                           imagenet_acc1=acc1 - 5.0, imagenet_acc5=95.0, imagenet_loss=loss + 0.3, imagenet_images=16),
                 EpochEnd(epoch=epoch - 1, step=step, seconds=10.0, img_per_s=512.0),
                 CheckpointSaved(path="runs/snapshot/checkpoints/last.pt", reason="epoch", epoch=epoch - 1,
                                 step=step, seconds=0.2),
@@ -101,15 +103,30 @@ def make_app(index: WebVisionIndex, telemetry: Telemetry = TELEMETRY) -> Trainin
                        chart_interval=0.0, chart_budget=None)
 
 
-def run_before(index: WebVisionIndex, *keys: str):
+async def drawn(pilot, timeout: float = 30.0) -> None:
+    """Wait until the frame timer has drawn every pane on show (panes draw on the timer only)."""
+    app = pilot.app
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = [pane for pane, tab, _ in app._panes if tab is None or tab == app.tabs.active]
+        if not any(pane.dirty or getattr(pane, "chart_dirty", False) for pane in shown):
+            break
+        assert time.monotonic() < deadline, "the panes were never drawn"
+        await pilot.pause(0.05)
+    await pilot.pause()  # and the screen has rendered what they drew
+
+
+def run_before(index: WebVisionIndex, *keys: str, more: tuple = ()):
     async def _run(pilot) -> None:
-        for ev in event_stream(index.summary().to_dict()):
+        # A fixed root: the log shows it, and the test tree's lies in a temporary directory.
+        # In one burst, as a busy trainer sends them: ticks may coalesce, but the newest carries
+        # the ones it replaced (TrainerEvent.superseded), so every pane ends the same.
+        for ev in [*event_stream({**index.summary().to_dict(), "root": "/data/webvision"}), *more]:
             pilot.app.post_message(TrainerEvent(ev))
-            # One at a time: a burst would let ticks coalesce by timing, and the chart vary.
-            await pilot.pause()
+        await pilot.pause()
         if keys:
             await pilot.press(*keys)
-        await pilot.pause(0.3)  # at least two frames of the redraw timer
+        await drawn(pilot)
         # Toasts time out on a wall clock, so whether one is still up would depend on speed.
         pilot.app.clear_notifications()
         await pilot.pause()
@@ -140,13 +157,43 @@ def test_gpu_pane_with_two_gpus(snap_compare, index):
     assert snap_compare(make_app(index, GPU_TELEMETRY), terminal_size=(80, 24), run_before=run_before(index, "3"))
 
 
+# What only the log shows: a resumed run's changed settings, a pause, an evaluation that could
+# not score every image, a warning with more paths than the log lists.
+LOG_EVENTS = (
+    ConfigChanged(epoch=2, step=50, changes={"lr": [0.01, 0.005], "milestones": [[2], [1, 2]]}),
+    StateChanged(state=RunState.PAUSED, epoch=2, step=50, previous=RunState.RUNNING),
+    StateChanged(state=RunState.RUNNING, epoch=2, step=50, previous=RunState.PAUSED),
+    EvalResult(epoch=2, step=51, loss=0.5, acc1=50.0, acc5=100.0, best_acc1=55.0, best_acc5=100.0, manual=True,
+               is_best=False, seconds=1.4, images=14, images_total=16, per_class_acc1=(50.0, 75.0, 25.0, 50.0)),
+    RunWarning(kind="bad_images", message="7 unreadable images skipped",
+               paths=tuple(f"google/q0003/{i:06d}.jpg" for i in range(7))),
+)
+
+
+def test_event_log(snap_compare, index):
+    assert snap_compare(make_app(index), terminal_size=(120, 40), run_before=run_before(index, "5", more=LOG_EVENTS))
+
+
+def test_help_screen(snap_compare, index):
+    """80x24, the smallest size the console is made for: every key must fit."""
+    feed = run_before(index)
+
+    async def open_help(pilot) -> None:
+        await feed(pilot)  # toasts cleared first: they time out on the wall clock
+        await pilot.press("question_mark")
+        assert isinstance(pilot.app.screen, HelpScreen)
+        await pilot.pause()
+
+    assert snap_compare(make_app(index), terminal_size=(80, 24), run_before=open_help)
+
+
 def test_quit_dialog(snap_compare, index):
     feed = run_before(index)
 
     async def open_dialog(pilot) -> None:
         await feed(pilot)
         # With no trainer attached `q` exits at once, so open the dialog the way `q` does.
-        pilot.app.push_screen(QuitScreen(running=True))
-        await pilot.pause(0.2)
+        await pilot.app.push_screen(QuitScreen(running=True))
+        await pilot.pause()
 
     assert snap_compare(make_app(index), terminal_size=(80, 24), run_before=open_dialog)

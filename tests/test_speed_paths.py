@@ -151,3 +151,76 @@ def test_trainer_steps_get_uint8_and_the_model_gets_channels_last_under_autocast
             assert call["autocast_dtype"] == torch.bfloat16
         lo, hi = call["range"]
         assert -2.2 < lo and hi < 2.7  # ImageNet-normalised, not 0..255
+
+
+class SlowStartModel(nn.Module):
+    """A tiny classifier whose first training step takes as long as a compile or cudnn's
+    autotuning would: time in which the loader's workers fill its buffer."""
+
+    def __init__(self, num_classes: int, first_step_s: float = 2.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, num_classes))
+        self.first_step_s = first_step_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.first_step_s:
+            import time
+
+            time.sleep(self.first_step_s)  # a slow warm-up, not a wait for a condition
+            self.first_step_s = 0.0
+        return self.net(x)
+
+
+@pytest.mark.slow
+def test_bench_timing_starts_from_a_drained_queue_so_an_input_bound_loop_shows_its_data_wait(tmp_path):
+    from bench.common import drain_steps, trainer_throughput, webvision_index
+
+    # One worker decoding 256 px JPEGs feeds a model that needs almost no time: the loop is input-bound.
+    index = webvision_index(str(tmp_path / "wv"), samples=32 * 24, short_side=256, classes=4, files=32)
+    drain = drain_steps(workers=1, report_every=2)
+    assert drain == 8  # 4 prefetched, 1 in the worker's hands, 2 hand-offs: 7, rounded up to the cadence
+
+    def run(drain_batches: int) -> dict:
+        cfg = TrainConfig(root=index.root, num_classes=4, epochs=1, batch_size=32, model="slow", image_size=32,
+                          workers=1, device="cpu", amp="off", out=str(tmp_path / f"run{drain_batches}"),
+                          report_every=2, report_interval_s=0.0, max_steps_per_epoch=2 + drain_batches + 8 + 2,
+                          max_val_batches=1)
+        return trainer_throughput(cfg, index, warmup=2, steps=8, drain=drain_batches,
+                                  model_factory=lambda name, n: SlowStartModel(n))
+
+    drained = run(drain)
+    buffered = run(0)
+    # From an empty queue the timed steps wait for their batches: data-wait is past bench.step's 5% target.
+    assert drained["data_wait"] > 0.1, drained
+    # Timed right after the slow first step, the batches buffered meanwhile hide part of that wait.
+    assert buffered["data_wait"] < drained["data_wait"], (buffered, drained)
+    assert drained["flags"] == buffered["flags"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["step", "engine", "console", "gpu_check"])
+def test_bench_scripts_run_as_files_from_the_repository_root(script):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, f"bench/{script}.py", "--help"], cwd=repo, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage:") and "ModuleNotFoundError" not in out.stderr
+
+
+@pytest.mark.slow
+def test_bench_step_runs_at_tiny_sizes_as_printed():
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "bench/step.py", "--steps", "2", "--warmup", "2", "--report-every", "2",
+                          "--batch-size", "4", "--image-size", "32", "--workers", "1", "--repeats", "1"],
+                         cwd=repo, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "after 8 drained batches" in out.stdout  # 1 worker: (4 + 1) + 2, rounded up to 2
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| off"))
+    assert "| same " in row  # the model-only and loop windows ran under the same kernel flags

@@ -28,26 +28,56 @@ def tree_digest(root: str) -> dict[str, str]:
     return out
 
 
-def test_layout_and_info_files(synthetic_root):
+OFFICIAL_INFO_FILES = {
+    "synsets.txt", "queries_google.txt", "queries_flickr.txt", "queries_synsets_map.txt",
+    "train_filelist_google.txt", "train_filelist_flickr.txt", "train_meta_list_google.txt",
+    "train_meta_list_flickr.txt", "val_filelist.txt", "test_filelist.txt",
+}
+
+
+def test_layout_and_info_files_have_the_official_shapes(synthetic_root):
     m = read_manifest(synthetic_root)
     info = os.path.join(synthetic_root, "info")
-    synsets = open(os.path.join(info, "synsets.txt")).read().splitlines()
+    assert set(os.listdir(info)) == OFFICIAL_INFO_FILES
+    read = lambda name: open(os.path.join(info, name)).read().splitlines()  # noqa: E731
+    synsets = read("synsets.txt")
     assert len(synsets) == 1000 and synsets[7].split()[0] == "n00000007"
-    queries = open(os.path.join(info, "queries_google.txt")).read().splitlines()
-    assert [q.split()[0] for q in queries] == [f"q{i:04d}" for i in range(1, 9)]
-    assert all(len(q.split()) > 2 for q in queries)  # query texts hold spaces, like the real ones
-    qmap = open(os.path.join(info, "queries_synsets_map.txt")).read().split()
-    assert qmap[:4] == ["q0001", "1", "q0002", "1"] and qmap[-2:] == ["q0008", "4"]
-    train = open(os.path.join(info, "train_filelist_google.txt")).read().splitlines()
+    for name in ("queries_google.txt", "queries_flickr.txt"):
+        queries = read(name)
+        # The official files give plain query numbers ("1 tench"), not folder names.
+        assert [q.split()[0] for q in queries] == [str(i) for i in range(1, 9)]
+        assert queries[0] == "1 synthetic class 0 view 0"  # texts hold spaces, like the real ones
+    qmap = read("queries_synsets_map.txt")
+    assert qmap[:3] == ["1 1", "2 1", "3 2"] and qmap[-1] == "8 4"
+    train = read("train_filelist_google.txt")
     assert len(train) == sum(m["train_per_class"]) == 4 * 2 * 8
     assert train[9] == "google/q0002/000001.jpg 0" and train[-1] == "google/q0008/000007.jpg 3"
-    val = open(os.path.join(info, "val_filelist.txt")).read().splitlines()
+    flickr = read("train_filelist_flickr.txt")
+    assert len(flickr) == 8 * m["flickr_per_query"] and flickr[-1] == "flickr/q0008/000001.jpg 3"
+    for source, listed in (("google", train), ("flickr", flickr)):
+        meta = read(f"train_meta_list_{source}.txt")
+        assert len(meta) == len(listed) and meta[1] == f"{source}/q0001.json 2"
+    val = read("val_filelist.txt")
     assert val[0] == "val000001.jpg 0" and val[-1] == "val000016.jpg 3"
-    for line in train:
+    test = read("test_filelist.txt")
+    assert test == [f"test{k:06d}.jpg" for k in range(1, m["test_images"] + 1)]  # no labels
+    for line in train + flickr:
         assert os.path.isfile(os.path.join(synthetic_root, line.split()[0]))
     for line in val:
         assert os.path.isfile(os.path.join(synthetic_root, "val_images_256", line.split()[0]))
+    for line in test:
+        assert os.path.isfile(os.path.join(synthetic_root, "test_images_256", line))
     assert {int(line.split()[1]) for line in train} == {0, 1, 2, 3}  # only the first 4 labels
+
+
+def test_flickr_images_join_the_index_when_asked(synthetic_root):
+    m = read_manifest(synthetic_root)
+    google = WebVisionIndex.load(synthetic_root, num_classes=4)
+    both = WebVisionIndex.load(synthetic_root, num_classes=4, use_flickr=True)
+    assert len(both.train) == len(google.train) + 8 * m["flickr_per_query"]
+    flickr = [q for q in both.query_stats() if q.source == "flickr"]
+    assert [(q.query_id, q.text, q.label) for q in flickr[:2]] == [
+        ("q0001", "synthetic class 0 view 0", 0), ("q0002", "synthetic class 0 view 1", 0)]
 
 
 def test_images_are_jpegs_with_the_requested_short_side_and_varied_aspect(synthetic_root):
@@ -143,6 +173,7 @@ def test_command_line(tmp_path):
         (dict(classes=1001), "classes must be in 1..1000"),
         (dict(images_per_query=0), "images_per_query must be >= 1"),
         (dict(val_per_class=-1), "val_per_class must be >= 0"),
+        (dict(flickr_per_query=-1), "flickr_per_query must be >= 0"),
         (dict(size=4), "size must be >= 8"),
         (dict(classes=1, queries_per_class=1, images_per_query=2, bad_files=True), "at least 6"),
     ],
@@ -150,3 +181,19 @@ def test_command_line(tmp_path):
 def test_invalid_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_webvision(str(tmp_path / "r"), **kwargs)
+
+
+def test_an_imagenet_val_set_in_the_class_folder_layout_loads_and_keeps_the_other_bytes(tmp_path):
+    from core.imagenet_val import load_imagenet_val
+
+    plain = make_webvision(str(tmp_path / "plain"), classes=3, images_per_query=2, val_per_class=2, size=32)
+    both = make_webvision(str(tmp_path / "both"), classes=3, images_per_query=2, val_per_class=2, size=32,
+                          imagenet_per_class=3)
+    assert not os.path.exists(os.path.join(plain, "imagenet_val"))
+    index = WebVisionIndex.load(both, num_classes=3)
+    inv = load_imagenet_val(os.path.join(both, "imagenet_val"), index.wnids)
+    assert len(inv.samples) == 9 and inv.missing == ()
+    assert np.bincount(inv.samples.labels).tolist() == [3, 3, 3]
+    for rel in ("google/q0001/000000.jpg", "val_images_256/val000006.jpg"):
+        a, b = (open(os.path.join(r, rel), "rb").read() for r in (plain, both))
+        assert a == b, rel

@@ -25,8 +25,6 @@ from core.telemetry import (
     TelemetrySampler,
     fmt_or_na,
     format_bytes,
-    sample_gpus,
-    sample_host,
 )
 
 GiB = 1024**3
@@ -39,10 +37,14 @@ class FakeNvml:
     NVMLError = pynvml.NVMLError
     NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
 
-    def __init__(self, count=2, init_error=None, lost=()):
+    NVML_DEVICE_MIG_ENABLE = pynvml.NVML_DEVICE_MIG_ENABLE
+
+    def __init__(self, count=2, init_error=None, lost=(), mig=None):
         self.count = count
         self.init_error = init_error
         self.lost = set(lost)
+        # {gpu index: number of MIG slices}; a slice's handle is ("mig", gpu, k).
+        self.mig = dict(mig or {})
         self.calls: list[str] = []
 
     def nvmlInit(self):
@@ -65,7 +67,22 @@ class FakeNvml:
         return b"NVIDIA Fake 80GB" if h == 0 else "NVIDIA Fake Lite"
 
     def nvmlDeviceGetUUID(self, h):
+        if isinstance(h, tuple):
+            return f"MIG-{h[1]}{h[2]}000000-eeee-ffff-0000-111111111111"
         return f"GPU-0000000{h}-aaaa-bbbb-cccc-dddddddddddd"
+
+    def nvmlDeviceGetMigMode(self, h):
+        if h not in self.mig:
+            raise pynvml.NVMLError_NotSupported()  # as on GPUs without MIG
+        return [pynvml.NVML_DEVICE_MIG_ENABLE, pynvml.NVML_DEVICE_MIG_ENABLE]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, h):
+        return 7
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h, k):
+        if k >= self.mig[h]:
+            raise pynvml.NVMLError_NotFound()  # an empty slot of the seven
+        return ("mig", h, k)
 
     def nvmlDeviceGetUtilizationRates(self, h):
         if h == 1:
@@ -93,11 +110,20 @@ class FakeNvml:
 
 
 class FakeTorchCuda:
-    """`torch.cuda` of a process that has (or has not) started using CUDA."""
+    """`torch.cuda` of a process that has (or has not) started using CUDA, with per-device
+    allocator figures; `contexts` are the devices on which it holds a CUDA context."""
 
-    def __init__(self, initialized, uuids=()):
+    def __init__(self, initialized, uuids=(), contexts=None, allocated=None, reserved=None):
         self.initialized = initialized
         self.uuids = list(uuids)
+        self.contexts = set(range(len(self.uuids)) if contexts is None else contexts)
+        self.allocated = dict(allocated or {t: (t + 1) * 100 for t in self.contexts})
+        self.reserved = dict(reserved or {t: (t + 1) * 200 for t in self.contexts})
+        self.peak = dict(allocated) if allocated else {t: (t + 1) * 300 for t in self.contexts}
+        self.resets: list[int] = []
+
+    def has_context(self, t):
+        return t in self.contexts
 
     def is_initialized(self):
         return self.initialized
@@ -117,15 +143,32 @@ class FakeTorchCuda:
 
     def memory_allocated(self, t):
         self._check(t)
-        return (t + 1) * 100
+        return self.allocated.get(t, 0)
 
     def memory_reserved(self, t):
         self._check(t)
-        return (t + 1) * 200
+        return self.reserved.get(t, 0)
 
     def max_memory_allocated(self, t):
         self._check(t)
-        return (t + 1) * 300
+        return self.peak.get(t, 0)
+
+    def reset_peak_memory_stats(self, t):
+        self._check(t)
+        self.resets.append(t)
+        self.peak[t] = self.allocated.get(t, 0)  # what torch does: the peak restarts at the current use
+
+    def sampler(self, nvml):
+        return TelemetrySampler(nvml=nvml, torch_cuda=self, has_context=self.has_context)
+
+
+def _uuid(nv):
+    """torch's form of FakeNvml's GPU nv UUID: bare hex, no "GPU-" prefix."""
+    return f"0000000{nv}-aaaa-bbbb-cccc-dddddddddddd"
+
+
+def _torch_mem(g):
+    return g.torch_allocated_bytes, g.torch_reserved_bytes, g.torch_peak_bytes
 
 
 def test_metrics_a_gpu_cannot_report_are_none_not_errors():
@@ -175,9 +218,8 @@ def test_nvml_init_failure_gives_a_reason_and_host_figures_still_come():
     # A missing driver does not appear mid-run: NVML is not retried every second.
     sampler.sample()
     assert nvml.calls == ["init"]
-    assert sample_gpus(nvml=FakeNvml(init_error=pynvml.NVMLError_LibraryNotFound())) == (
-        "NVML not available: NVML Shared Library Not Found"
-    )
+    missing = TelemetrySampler(nvml=FakeNvml(init_error=pynvml.NVMLError_LibraryNotFound()))
+    assert missing.sample_gpus() == ((), "NVML not available: NVML Shared Library Not Found")
 
 
 def test_zero_gpus_says_so():
@@ -189,27 +231,85 @@ def test_zero_gpus_says_so():
 
 
 def test_torch_memory_only_once_the_process_uses_cuda():
-    cuda = FakeTorchCuda(initialized=False, uuids=["00000001-aaaa-bbbb-cccc-dddddddddddd"])
-    sampler = TelemetrySampler(nvml=FakeNvml(), torch_cuda=cuda)
+    cuda = FakeTorchCuda(initialized=False, uuids=[_uuid(1)])
+    sampler = cuda.sampler(FakeNvml())
     assert all(g.torch_allocated_bytes is None for g in sampler.sample().gpus)
 
     cuda.initialized = True
     g0, g1 = sampler.sample().gpus
     # CUDA_VISIBLE_DEVICES=1: torch's device 0 is NVML's device 1; the UUID tells them apart.
-    assert (g0.torch_allocated_bytes, g0.torch_reserved_bytes, g0.torch_peak_bytes) == (None, None, None)
-    assert (g1.torch_allocated_bytes, g1.torch_reserved_bytes, g1.torch_peak_bytes) == (100, 200, 300)
+    assert _torch_mem(g0) == (None, None, None)
+    assert _torch_mem(g1) == (100, 200, 300)
 
 
-def test_torch_memory_falls_back_to_order_without_uuids():
-    cuda = FakeTorchCuda(initialized=True, uuids=["", ""])
-    g0, g1 = TelemetrySampler(nvml=FakeNvml(), torch_cuda=cuda).sample().gpus
-    assert g0.torch_allocated_bytes == 100
-    assert g1.torch_peak_bytes == 600
+def test_a_gpu_the_process_never_touched_is_na_not_zero():
+    # Both GPUs visible to torch; the run uses only cuda:1, so cuda:0 has no context and no memory.
+    cuda = FakeTorchCuda(initialized=True, uuids=[_uuid(0), _uuid(1)], contexts={1})
+    g0, g1 = cuda.sampler(FakeNvml()).sample().gpus
+    assert _torch_mem(g0) == (None, None, None)
+    assert format_bytes(g0.torch_allocated_bytes) == "N/A"
+    assert _torch_mem(g1) == (200, 400, 600)
+    assert cuda.resets == [1]  # the untouched GPU's allocator is not even read for its peak
 
 
-def test_sample_gpus_function_returns_snapshots():
-    gpus = sample_gpus(nvml=FakeNvml())
-    assert [g.index for g in gpus] == [0, 1]
+def test_a_gpu_holding_only_a_context_shows_zero_bytes():
+    # A context without allocations (what a stray set_device leaves) is the process being there.
+    cuda = FakeTorchCuda(initialized=True, uuids=[_uuid(0), _uuid(1)], contexts={0, 1},
+                         allocated={1: 100}, reserved={1: 200})
+    g0, g1 = cuda.sampler(FakeNvml()).sample().gpus
+    assert _torch_mem(g0) == (0, 0, 0)
+    assert format_bytes(g0.torch_reserved_bytes) == "0 B"
+    assert g1.torch_reserved_bytes == 200
+
+
+def test_memory_without_a_reported_context_still_counts():
+    cuda = FakeTorchCuda(initialized=True, uuids=[_uuid(0)], contexts={0})
+    cuda.contexts.clear()  # e.g. a torch without the primary-context query: the allocator decides
+    g0, _ = cuda.sampler(FakeNvml()).sample().gpus
+    assert _torch_mem(g0) == (100, 200, 300)
+
+
+def test_the_peak_is_per_sampling_window_not_lifetime():
+    cuda = FakeTorchCuda(initialized=True, uuids=[_uuid(0)], allocated={0: 5 * GiB}, reserved={0: 9 * GiB})
+    cuda.peak[0] = 8 * GiB  # a start-up spike (cudnn's benchmark workspaces)
+    sampler = cuda.sampler(FakeNvml())
+    assert sampler.sample().gpus[0].torch_peak_bytes == 8 * GiB
+    assert sampler.sample().gpus[0].torch_peak_bytes == 5 * GiB  # the spike is gone the next second
+    cuda.allocated[0] = 6 * GiB
+    cuda.peak[0] = 7 * GiB  # a new high during this window
+    assert sampler.sample().gpus[0].torch_peak_bytes == 7 * GiB
+    assert cuda.resets == [0, 0, 0]
+
+
+def test_mig_slices_are_matched_by_uuid_never_by_order():
+    # GPU 0 whole, GPU 1 split into two MIG slices; the process sees one slice of GPU 1
+    # (CUDA_VISIBLE_DEVICES=MIG-...), which torch calls device 0. Matching by order would put its
+    # memory on GPU 0.
+    nvml = FakeNvml(mig={1: 2})
+    slice_uuid = nvml.nvmlDeviceGetUUID(("mig", 1, 1)).removeprefix("MIG-")
+    cuda = FakeTorchCuda(initialized=True, uuids=[slice_uuid])
+    g0, g1 = cuda.sampler(nvml).sample().gpus
+    assert _torch_mem(g0) == (None, None, None)
+    assert _torch_mem(g1) == (100, 200, 300)
+
+
+def test_a_torch_device_nvml_does_not_list_gets_no_figures():
+    # No UUID match (e.g. an old MIG UUID format): the figures go nowhere rather than to GPU 0.
+    cuda = FakeTorchCuda(initialized=True, uuids=["", "99999999-0000-0000-0000-000000000000"])
+    gpus = cuda.sampler(FakeNvml()).sample().gpus
+    assert [_torch_mem(g) for g in gpus] == [(None, None, None)] * 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: without a GPU the sampler never reaches torch")
+def test_sampling_never_creates_a_cuda_context_in_a_fresh_process():
+    # The real torch and real NVML: a process that has not used CUDA must still not have touched
+    # it after sampling, in a fresh interpreter where nothing else did (run by bench.gpu_check).
+    code = ("import torch; from core.telemetry import TelemetrySampler as S; s = S(); s.sample(); s.sample(); "
+            "s.close(); print(torch.cuda.is_initialized())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 def test_real_nvml_on_this_machine_never_raises():
@@ -287,7 +387,6 @@ def test_host_cpu_percentages_cover_the_time_since_the_previous_sample():
     assert 0 < host.cpu_percent <= 100
     assert 0 < host.ram_used_bytes < host.ram_total_bytes
     assert host.process_rss_bytes == pytest.approx(psutil.Process(os.getpid()).memory_info().rss, rel=0.2)
-    assert sample_host().ram_total_bytes == host.ram_total_bytes
 
 
 @pytest.mark.parametrize(

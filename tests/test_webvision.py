@@ -10,9 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
+import core.listfile as listfile
 import core.webvision as webvision
 from core.synthetic import read_manifest
-from core.webvision import DatasetError, SampleList, WebVisionIndex
+from core.webvision import DatasetError, WebVisionIndex
 
 
 def info_copy(root: str, dst) -> str:
@@ -123,7 +124,7 @@ def _python_reference(text: str, keep_below: int):
 @pytest.mark.parametrize("chunk", [7, 64, 1 << 20])
 def test_chunked_parse_matches_a_plain_python_parse(tmp_path, monkeypatch, chunk):
     """Lines cut at every chunk boundary parse the same as a line-by-line Python parse."""
-    monkeypatch.setattr(webvision, "_CHUNK", chunk)
+    monkeypatch.setattr(listfile, "CHUNK_BYTES", chunk)
     rng = random.Random(chunk)
     root = str(tmp_path)
     os.makedirs(os.path.join(root, "info"))
@@ -282,7 +283,7 @@ def test_bad_list_lines_name_file_and_line(synthetic_root, tmp_path, name, new, 
 
 
 def test_bad_line_found_in_a_later_chunk_keeps_its_line_number(synthetic_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(webvision, "_CHUNK", 50)
+    monkeypatch.setattr(listfile, "CHUNK_BYTES", 50)
     root = info_copy(synthetic_root, tmp_path)
     _replace_line(root, "train_filelist_google.txt", 57, "google/q0008/000000.jpg x\n")
     with pytest.raises(DatasetError, match=r"train_filelist_google.txt:57: malformed label 'x'"):
@@ -320,12 +321,14 @@ def test_invalid_num_classes(synthetic_root, value):
 @pytest.mark.parametrize(
     "name, text, expected",
     [
-        ("queries_google.txt", "q0001 a\n0002 b\n", r"queries_google.txt:2: malformed line '0002 b'"),
-        ("queries_google.txt", "q0001 a\nq0001 b\n", r"queries_google.txt:2: duplicate query id 'q0001'"),
+        ("queries_google.txt", "q0001 a\nx2 b\n", r"queries_google.txt:2: malformed line 'x2 b'; expected '<query number> <text>'"),
+        ("queries_google.txt", "q0001 a\nq0001 b\n", r"queries_google.txt:2: duplicate query number 'q0001'"),
+        ("queries_google.txt", "1 a\nq0001 b\n", r"queries_google.txt:2: duplicate query number 'q0001'"),
+        ("queries_google.txt", "1" * 50 + " a\n", r"queries_google.txt:1: malformed line"),
         ("queries_synsets_map.txt", "q0001 1\nq0002\n", r"queries_synsets_map.txt:2: malformed line"),
         ("queries_synsets_map.txt", "q0001 0\n", r"queries_synsets_map.txt:1: synset index 0 outside 1..1000"),
-        ("synsets.txt", "n0 a\n\nn2 c\n", r"synsets.txt:2: empty line"),
-        ("synsets.txt", "\n", r"synsets.txt: no synsets"),
+        ("queries_synsets_map.txt", "1 " + "9" * 5000 + "\n", r"queries_synsets_map.txt:1: malformed line"),
+        ("synsets.txt", " \n\t\n", r"synsets.txt: no synsets"),
     ],
 )
 def test_bad_info_files(synthetic_root, tmp_path, name, text, expected):
@@ -334,11 +337,6 @@ def test_bad_info_files(synthetic_root, tmp_path, name, text, expected):
     with pytest.raises(DatasetError, match=expected) as e:
         WebVisionIndex.load(root, num_classes=1)
     one_line(e)
-
-
-def test_empty_sample_list_has_no_samples():
-    s = SampleList.empty("/x")
-    assert len(s) == 0 and repr(s) == "SampleList(0 samples under '/x')"
 
 
 def test_refused_paths_are_never_opened(synthetic_root, tmp_path, monkeypatch):
@@ -361,6 +359,7 @@ def test_refused_paths_are_never_opened(synthetic_root, tmp_path, monkeypatch):
     assert opened and all(os.path.dirname(p) == os.path.join(root, "info") for p in opened)
 
 
+@pytest.mark.slow
 def test_bench_index_prints_the_side_by_side_table(tmp_path):
     import subprocess
     import sys
@@ -376,3 +375,11 @@ def test_bench_index_prints_the_side_by_side_table(tmp_path):
     assert [row[1] for row in rows] == ["plain", "stream", "index"]
     assert len({row[2] for row in rows}) == 1  # every parser kept the same number of lines
     assert "target (index time <= plain, memory <= plain/3)" in r.stdout
+
+
+def test_a_label_of_thousands_of_digits_is_one_clear_line(synthetic_root, tmp_path):
+    root = info_copy(synthetic_root, tmp_path)
+    _replace_line(root, "train_filelist_google.txt", 3, "google/q0001/000002.jpg " + "9" * 5000 + "\n")
+    with pytest.raises(DatasetError, match=r":3: label 9{20}\.\.\. outside 0..999") as e:
+        WebVisionIndex.load(root, num_classes=4)
+    assert len(one_line(e)) < 300

@@ -9,6 +9,9 @@ re-points the relay at a headless printer and calls `detach()`; the trainer keep
     app.run()
 
 Without a trainer (tests, snapshots) events are fed with `app.post_message(TrainerEvent(ev))`.
+
+How the console ended is `app.quit_reason` (a `QuitReason`, also what `app.run()` returns):
+the CLI turns `QuitReason.INTERRUPTED` (Ctrl-C, then a checkpoint) into exit 130.
 """
 
 from __future__ import annotations
@@ -20,29 +23,30 @@ from typing import Any, Callable
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, TabbedContent, TabPane
+from textual.screen import Screen
+from textual.widgets import Footer, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from core.events import (CheckpointSaved, Command, EvalResult, Event, Paused, Resumed, RunError,
-                         RunFinished, RunStarted, RunState, RunWarning, StateChanged)
+from core.events import (CheckpointSaved, Command, EvalResult, Event, RunError, RunFinished, RunStarted,
+                         RunState, RunWarning, StateChanged)
 
-from core.telemetry import TelemetrySampler
-
-from .messages import RunnerJoined, TelemetrySampled, TrainerEvent
+from .messages import RunnerJoined, TelemetrySampleFailed, TrainerEvent
+from .pending import FEEDBACK, confirms
 from .widgets.accuracy_pane import AccuracyPane
 from .widgets.dataset_pane import DatasetPane
 from .widgets.event_log import EventLog
+from .widgets.filter_table import FilterTable
 from .widgets.help_screen import HelpScreen
-from .widgets.quit_screen import NO_SAVE, SAVE, QuitScreen
+from .widgets.quit_screen import NO_SAVE, SAVE, QuitReason, QuitScreen
 from .widgets.status_line import StatusLine
 from .widgets.system_pane import SystemPane
 from .widgets.training_pane import TrainingPane
 
-PANES = ["training", "accuracy", "system", "dataset", "log"]
-
 # Once the trainer has reached one of these it takes no more commands.
-ENDED = {"finished", "error"}
+ENDED = {RunState.FINISHED, RunState.ERROR}
 WARNING_TOAST_INTERVAL_S = 30.0
+
+PANE_KEYS = Binding.Group("Panes: training, accuracy, GPU & host, dataset, event log")
 
 
 class TrainingApp(App):
@@ -51,17 +55,22 @@ class TrainingApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "wvtui"
     BINDINGS = [
-        Binding("p", "toggle_pause", "Pause/resume"),
-        Binding("c", "checkpoint", "Checkpoint"),
-        Binding("e", "evaluate", "Evaluate"),
-        Binding("q", "request_quit", "Quit"),
-        Binding("question_mark", "help", "Help"),
-        Binding("1", "show_pane('training')", "Training", show=False),
-        Binding("2", "show_pane('accuracy')", "Accuracy", show=False),
-        Binding("3", "show_pane('system')", "GPU", show=False),
-        Binding("4", "show_pane('dataset')", "Dataset", show=False),
-        Binding("5", "show_pane('log')", "Log", show=False),
-        Binding("slash", "filter_dataset", "Filter", show=False),
+        Binding("p", "toggle_pause", "Pause/resume", tooltip="Pause or resume training (at the next step)"),
+        Binding("c", "checkpoint", "Checkpoint", tooltip="Save a checkpoint now"),
+        Binding("e", "evaluate", "Evaluate", tooltip="Evaluate on the validation set now"),
+        Binding("q", "request_quit", "Quit", tooltip="Quit: asks whether to save a checkpoint first"),
+        # A priority binding: in raw mode Ctrl-C is a key, and Textual's own binding would only
+        # show a "press ctrl+q" toast (and an Input's would copy text).
+        Binding("ctrl+c", "interrupt", "Quit", show=False, priority=True,
+                tooltip="The quit dialog; a second ctrl+c saves a checkpoint and quits"),
+        Binding("question_mark", "help", "Help", tooltip="This help"),
+        Binding("1", "show_pane('training')", "Training", show=False, group=PANE_KEYS),
+        Binding("2", "show_pane('accuracy')", "Accuracy", show=False, group=PANE_KEYS),
+        Binding("3", "show_pane('system')", "GPU", show=False, group=PANE_KEYS),
+        Binding("4", "show_pane('dataset')", "Dataset", show=False, group=PANE_KEYS),
+        Binding("5", "show_pane('log')", "Log", show=False, group=PANE_KEYS),
+        Binding("slash", "filter_dataset", "Filter", show=False,
+                tooltip="Filter the dataset tables (enter or esc to leave)"),
     ]
 
     def __init__(
@@ -98,17 +107,17 @@ class TrainingApp(App):
         self.demo = demo
         self.index = index
         self._clock = clock
-        self._telemetry_arg = telemetry
-        self._sampler: Any = None
-        self._owns_sampler = False
-        self._sampling = False
+        self._telemetry = telemetry
         self._telemetry_interval = telemetry_interval
         self._frame_interval = frame_interval
         self._chart_interval = chart_interval
         self._chart_budget = chart_budget
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.run_state = "starting"
+        self.run_state = RunState.STARTING
+        self.pending: Command | None = None  # the last key's command until the trainer confirms it
         self.stopping = False
+        self.quit_reason: QuitReason | None = None
+        self._interrupted = False  # Ctrl-C opened (or answered) the quit dialog
         self.errors: list[RunError] = []
         self._detach_requested = False
         self._last_toast: dict[str, float] = {}
@@ -148,7 +157,7 @@ class TrainingApp(App):
         self._loop = asyncio.get_running_loop()
         if self.index is not None:
             self.dataset_pane.load_index(self.index)
-        self._start_telemetry()
+        self.system_pane.start(self._telemetry, self._telemetry_interval)
         # All drawing happens here, at most 1/frame_interval times a second, however fast events come.
         self.set_interval(self._frame_interval, self._redraw)
         self._redraw()
@@ -157,11 +166,7 @@ class TrainingApp(App):
         if self.runner is not None:
             self.runner.start()
         if self._detach_requested:
-            self.exit()
-
-    def on_unmount(self) -> None:
-        if self._owns_sampler and self._sampler is not None:
-            self._sampler.close()
+            self._quit_with(QuitReason.DETACHED)
 
     def _forward(self, event: Event) -> None:
         """The relay target; runs in the trainer's thread and must never block or raise."""
@@ -197,24 +202,19 @@ class TrainingApp(App):
     @on(TrainerEvent)
     def _on_trainer_event(self, message: TrainerEvent) -> None:
         event = message.event
-        status = self.status
         for tick in message.superseded:
             self.training_pane.apply(tick)
-        for pane in (status, self.training_pane, self.accuracy_pane):
+        for pane in (self.status, self.training_pane, self.accuracy_pane, self.event_log):
             pane.apply(event)
-        self.event_log.apply(event)
-        self._confirm(event)
+        if self.pending is not None and confirms(self.pending, event):
+            self._set_pending(None)  # the trainer reports having done what the last key asked
 
         if isinstance(event, RunStarted):
             if self.index is None and event.summary:
                 self.dataset_pane.load_summary(event.summary)
-            self._set_state(RunState.RUNNING.value if self.run_state == "starting" else self.run_state)
+            self._set_state(RunState.RUNNING if self.run_state is RunState.STARTING else self.run_state)
         elif isinstance(event, StateChanged):
-            self._set_state(event.state.value)
-        elif isinstance(event, Paused):
-            self._set_state(RunState.PAUSED.value)
-        elif isinstance(event, Resumed):
-            self._set_state(RunState.RUNNING.value)
+            self._set_state(event.state)
         elif isinstance(event, EvalResult):
             self.dataset_pane.set_class_accuracy(event.per_class_acc1)
             if event.manual:
@@ -231,84 +231,44 @@ class TrainingApp(App):
                 self.notify(event.message, title=f"Warning ({event.kind})", severity="warning", timeout=8)
         elif isinstance(event, RunError):
             self.errors.append(event)
-            self._set_state(RunState.ERROR.value)
+            self._set_state(RunState.ERROR)
             self.notify(event.message, title=f"Trainer error ({event.kind})", severity="error", timeout=30)
         elif isinstance(event, RunFinished):
-            state = RunState.ERROR.value if event.reason == "error" or self.errors else RunState.FINISHED.value
-            self._set_state(state, event.reason)
-            if state == RunState.FINISHED.value and not self.stopping:
+            state = RunState.ERROR if event.reason == "error" or self.errors else RunState.FINISHED
+            detail = event.reason + (", checkpoint failed" if event.checkpoint_failed else "")
+            self._set_state(state, detail)
+            if state is RunState.FINISHED and not self.stopping:
                 self.notify(f"Run {event.reason}; press q to quit", title="Finished")
 
-    def _set_state(self, state: str, detail: str = "") -> None:
+    def _set_state(self, state: RunState, detail: str = "") -> None:
         # An error stays visible until the user quits, whatever the trainer reports after it.
-        if self.run_state == RunState.ERROR.value and state != RunState.ERROR.value:
+        if self.run_state is RunState.ERROR and state is not RunState.ERROR:
             return
         self.run_state = state
         self.status.set_state(state, detail)
         if state in ENDED and not self.stopping:
-            self.status.set_pending("")
+            self._set_pending(None)
 
-    def _confirm(self, event: Event) -> None:
-        """Clear the header's "… requested" once the trainer reports having done it."""
-        pending = self.status.pending
-        done = (
-            (isinstance(event, Paused) and pending.startswith("pause"))
-            or (isinstance(event, Resumed) and pending.startswith("resume"))
-            or (isinstance(event, EvalResult) and event.manual and pending.startswith("evaluation"))
-            or (isinstance(event, CheckpointSaved) and event.reason == "manual" and pending.startswith("checkpoint"))
-        )
-        if done:
-            self.status.set_pending("")
+    def _set_pending(self, command: Command | None) -> None:
+        self.pending = command
+        self.status.set_pending(FEEDBACK[command] if command is not None else "")
 
-    # -- telemetry -------------------------------------------------------------------------------
-
-    def _start_telemetry(self) -> None:
-        arg = self._telemetry_arg
-        pane = self.system_pane
-        if arg is None:
-            self._sampler, self._owns_sampler = TelemetrySampler(), True
-        elif hasattr(arg, "sample"):
-            self._sampler = arg
-        else:  # a fixed Telemetry snapshot
-            pane.apply(arg)
-            return
-        self._sample_telemetry()
-        self.set_interval(self._telemetry_interval, self._sample_telemetry)
-
-    def _sample_telemetry(self) -> None:
-        if not self._sampling:  # a slow NVML call must not pile up threads
-            self._sampling = True
-            self._telemetry_worker()
-
-    @work(thread=True, group="telemetry", exit_on_error=False)
-    def _telemetry_worker(self) -> None:
-        try:
-            telemetry = self._sampler.sample()
-        finally:
-            self._sampling = False
-        self.post_message(TelemetrySampled(telemetry))
-
-    @on(TelemetrySampled)
-    def _on_telemetry(self, message: TelemetrySampled) -> None:
-        self.system_pane.apply(message.telemetry)
+    @on(TelemetrySampleFailed)
+    def _on_telemetry_failed(self, message: TelemetrySampleFailed) -> None:
+        error = message.error
+        self.event_log.note(f"telemetry sample failed: {type(error).__name__}: {error}", "yellow")
 
     @on(Worker.StateChanged)
     def _on_worker_state(self, event: Worker.StateChanged) -> None:
-        if event.state != WorkerState.ERROR:
-            return
-        error = event.worker.error
-        if event.worker.group == "telemetry":
-            # Sampling failed once; the next tick tries again. Say so in the log, not in a toast
-            # every second.
-            self.event_log.note(f"telemetry sample failed: {type(error).__name__}: {error}", "yellow")
-        else:
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
             self.notify(f"{type(error).__name__}: {error}", title="Console error", severity="error")
             if event.worker.group == "quit":
                 self.exit(return_code=1)
 
     # -- keys ------------------------------------------------------------------------------------
 
-    def _submit(self, command: Command, feedback: str) -> bool:
+    def _submit(self, command: Command) -> bool:
         if self.trainer is None:
             self.notify("No trainer attached to this console", severity="warning")
             return False
@@ -316,25 +276,25 @@ class TrainingApp(App):
             self.notify("Stopping: waiting for the trainer to end", severity="warning")
             return False
         if self.run_state in ENDED:
-            self.notify(f"The run has ended ({self.run_state}); press q to quit", severity="warning")
+            self.notify(f"The run has ended ({self.run_state.value}); press q to quit", severity="warning")
             return False
         self.trainer.submit(command)
-        self.status.set_pending(feedback)
+        self._set_pending(command)
         self.status.redraw()
-        self.notify(feedback.capitalize())
+        self.notify(FEEDBACK[command].capitalize())
         return True
 
     def action_toggle_pause(self) -> None:
-        if self.run_state == RunState.PAUSED.value or self.status.pending == "pause requested":
-            self._submit(Command.RESUME, "resume requested")
+        if self.run_state is RunState.PAUSED or self.pending is Command.PAUSE:
+            self._submit(Command.RESUME)
         else:
-            self._submit(Command.PAUSE, "pause requested")
+            self._submit(Command.PAUSE)
 
     def action_checkpoint(self) -> None:
-        self._submit(Command.CHECKPOINT, "checkpoint requested")
+        self._submit(Command.CHECKPOINT)
 
     def action_evaluate(self) -> None:
-        if self._submit(Command.EVALUATE, "evaluation requested"):
+        if self._submit(Command.EVALUATE):
             self.tabs.active = "accuracy"
 
     def action_show_pane(self, pane: str) -> None:
@@ -346,7 +306,10 @@ class TrainingApp(App):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            focus = [b for b in Screen.BINDINGS if isinstance(b, Binding) and "focus" in b.action]
+            self.push_screen(HelpScreen([("Console", self.BINDINGS),
+                                         ("Dataset pane", [*DatasetPane.BINDINGS, *FilterTable.BINDINGS]),
+                                         ("Focus and tabs", [*focus, *Tabs.BINDINGS])]))
 
     async def action_quit(self) -> None:
         # ctrl+q too must stop the trainer: its thread is not a daemon and would keep the
@@ -362,7 +325,15 @@ class TrainingApp(App):
         if self._trainer_alive():
             self.push_screen(QuitScreen(running=True), self._quit_chosen)
         else:
-            self.exit()
+            self._quit_with(QuitReason.ENDED)
+
+    def action_interrupt(self) -> None:
+        """Ctrl-C: the quit dialog; Ctrl-C while it is open: save a checkpoint and quit."""
+        self._interrupted = True
+        if isinstance(self.screen, QuitScreen):
+            self.screen.dismiss(SAVE)
+        else:
+            self.action_request_quit()
 
     def _trainer_alive(self) -> bool:
         if self.trainer is None:
@@ -372,22 +343,29 @@ class TrainingApp(App):
         return self.run_state not in ENDED
 
     def _quit_chosen(self, choice: str | None) -> None:
+        interrupted, self._interrupted = self._interrupted, False
         if choice not in (SAVE, NO_SAVE):
             self.notify("Quit cancelled")
             return
         if not self._trainer_alive():
-            self.exit()
+            self._quit_with(QuitReason.ENDED)
             return
-        self.trainer.submit(Command.STOP if choice == SAVE else Command.STOP_NO_SAVE)
+        command = Command.STOP if choice == SAVE else Command.STOP_NO_SAVE
+        self.trainer.submit(command)
         self.stopping = True
-        text = "stopping… (saving a checkpoint)" if choice == SAVE else "stopping… (not saving)"
-        self.status.set_pending(text)
+        self.quit_reason = (QuitReason.NOT_SAVED if choice == NO_SAVE
+                            else QuitReason.INTERRUPTED if interrupted else QuitReason.SAVED)
+        self._set_pending(command)
         self.status.redraw()
-        self.notify(text.capitalize(), timeout=30)
+        self.notify(FEEDBACK[command].capitalize(), timeout=30)
         if self.runner is None:
-            self.exit()
+            self._quit_with(self.quit_reason)
         else:
             self._wait_for_runner()
+
+    def _quit_with(self, reason: QuitReason) -> None:
+        self.quit_reason = reason
+        self.exit(reason)
 
     @work(thread=True, exclusive=True, group="quit", exit_on_error=False)
     def _wait_for_runner(self) -> None:
@@ -401,7 +379,7 @@ class TrainingApp(App):
 
     @on(RunnerJoined)
     def _on_runner_joined(self) -> None:
-        self.exit()
+        self._quit_with(self.quit_reason)
 
     # -- hang-up ---------------------------------------------------------------------------------
 
@@ -418,6 +396,6 @@ class TrainingApp(App):
         try:
             # call_soon_threadsafe wakes the loop at once, which a plain call from a signal
             # handler interrupting the loop's select() would not.
-            loop.call_soon_threadsafe(self.exit)
+            loop.call_soon_threadsafe(self._quit_with, QuitReason.DETACHED)
         except RuntimeError:
             pass  # the loop has already closed: the app is gone

@@ -11,9 +11,10 @@ import tempfile
 from typing import Any, Callable
 
 # Bump when the dataset recipe below changes, so an old cache is not reused.
-DEMO_VERSION = "demo-v1"
+DEMO_VERSION = "demo-v2"
 
-DATASET = dict(classes=10, queries_per_class=2, images_per_query=40, val_per_class=20, size=112, seed=0)
+DATASET = dict(classes=10, queries_per_class=2, images_per_query=40, val_per_class=20, size=112, seed=0,
+               imagenet_per_class=10)
 
 # Overrides of TrainConfig's reference defaults; explicit command-line flags win over these.
 # Measured on a 2-core machine shared with other jobs (load average ~8): ~20 s an epoch, Acc@1

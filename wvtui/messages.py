@@ -39,5 +39,13 @@ class TelemetrySampled(Message):
         super().__init__()
 
 
+class TelemetrySampleFailed(Message):
+    """The system pane's sampler raised; it tries again at its next tick."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+        super().__init__()
+
+
 class RunnerJoined(Message):
     """The trainer thread has ended after a quit request; the app may exit."""

@@ -57,10 +57,6 @@ class TrainerRunner:
         if not self._thread.is_alive() and self._thread.ident is None:
             self._thread.start()
 
-    @property
-    def started(self) -> bool:
-        return self._thread.ident is not None
-
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 

@@ -1,17 +1,28 @@
-"""Accuracy pane: Acc@1/Acc@5 of every evaluation over epochs, and the table of evaluations."""
+"""Accuracy pane: Acc@1/Acc@5 of every evaluation over epochs (WebVision val and, with
+--imagenet-val, the ILSVRC2012 val images of the same classes), the table of evaluations, and
+the published mini-WebVision references to read them against."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from core.events import EvalResult, Event, RunStarted
+from core.references import REFERENCES
 
 from .chart import Chart
-from .format import loss as fmt_loss
+from ..eventtext import loss as fmt_loss
 
 BEST = "★ best"
+# One line: the field reads a run against these (top-1, WebVision val / ILSVRC12 val). Their
+# protocol differs (two networks, 227-px crops); the README says how.
+REFERENCE_LINE = "published top-1 WebVision/ILSVRC12 (IRv2, own protocols): " + " · ".join(
+    f"{r.method} {r.webvision_top1:.1f}/{r.imagenet_top1:.1f}" for r in REFERENCES)
+
+
+def _pct(value: float | None) -> str:
+    return "--" if value is None else f"{value:.2f}"
 
 
 class AccuracyPane(Vertical):
@@ -30,11 +41,13 @@ class AccuracyPane(Vertical):
         self.table = DataTable(id="eval-table", cursor_type="row", zebra_stripes=True)
         yield self.chart
         yield self.table
+        yield Static(REFERENCE_LINE, id="references")
 
     def on_mount(self) -> None:
         table = self.table
         for label, key in (("epoch", "epoch"), ("step", "step"), ("loss", "loss"), ("Acc@1", "acc1"),
-                           ("Acc@5", "acc5"), ("kind", "kind"), ("best", "best")):
+                           ("Acc@5", "acc5"), ("IN Acc@1", "in1"), ("IN Acc@5", "in5"), ("kind", "kind"),
+                           ("best", "best")):
             table.add_column(label, key=key)
 
     def apply(self, event: Event) -> None:
@@ -60,7 +73,8 @@ class AccuracyPane(Vertical):
         for ev in self._pending:
             key = f"eval-{len(table.rows)}"
             table.add_row(str(ev.epoch + 1), f"{ev.step:,}", fmt_loss(ev.loss), f"{ev.acc1:.2f}",
-                          f"{ev.acc5:.2f}", "manual" if ev.manual else "scheduled", "", key=key)
+                          f"{ev.acc5:.2f}", _pct(ev.imagenet_acc1), _pct(ev.imagenet_acc5),
+                          "manual" if ev.manual else "scheduled", "", key=key)
             if ev.acc1 > self._best_acc1:
                 if self._best_key is not None:
                     table.update_cell(self._best_key, "best", "")
@@ -78,6 +92,9 @@ class AccuracyPane(Vertical):
             xs = [self._x(ev) for ev in self.evals]
             plt.plot(xs, [ev.acc1 for ev in self.evals], label="Acc@1", marker="braille", color="green")
             plt.plot(xs, [ev.acc5 for ev in self.evals], label="Acc@5", marker="braille", color="cyan")
+            imagenet = [(x, ev.imagenet_acc1) for x, ev in zip(xs, self.evals) if ev.imagenet_acc1 is not None]
+            if imagenet:
+                plt.plot(*zip(*imagenet), label="ImageNet Acc@1", marker="dot", color="magenta")
             plt.ylim(0, 100)
         else:
             plt.title("no evaluation yet (press e to evaluate now)")

@@ -19,11 +19,6 @@ class Column:
         self.numeric = numeric
 
 
-def _sort_key(value: Any) -> tuple[int, Any]:
-    # Missing values (no evaluation yet) sort last in either direction of the primary order.
-    return (1, 0) if value is None else (0, value)
-
-
 class FilterTable(DataTable):
     """Records are plain dicts kept in Python; the widget only ever holds the rows on show.
 
@@ -98,6 +93,7 @@ class FilterTable(DataTable):
             range(len(self.records)))
         if self.sort_key is not None:
             key = self.sort_key
+            # Missing values (no evaluation yet) go last in either direction.
             present = [i for i in shown if self.records[i].get(key) is not None]
             missing = [i for i in shown if self.records[i].get(key) is None]
             present.sort(key=lambda i: self.records[i][key], reverse=self.sort_reverse)

@@ -1,6 +1,9 @@
-"""The quit dialog: save a checkpoint and quit, quit without saving, or cancel."""
+"""The quit dialog (save a checkpoint and quit, quit without saving, or cancel) and the reasons
+the console can end for."""
 
 from __future__ import annotations
+
+import enum
 
 from textual import on
 from textual.app import ComposeResult
@@ -12,6 +15,16 @@ from textual.widgets import Button, Label
 SAVE = "save"
 NO_SAVE = "no_save"
 CANCEL = "cancel"
+
+
+class QuitReason(str, enum.Enum):
+    """How the console ended: `TrainingApp.quit_reason`, and the value `app.run()` returns."""
+
+    SAVED = "saved"  # the quit dialog's "save": the trainer stopped after a checkpoint
+    NOT_SAVED = "not_saved"  # the quit dialog's "don't save": stopped without a checkpoint
+    INTERRUPTED = "interrupted"  # Ctrl-C, then save (a second Ctrl-C or "s"): as SAVED, by Ctrl-C
+    ENDED = "ended"  # quit after the run had already ended: nothing was stopped
+    DETACHED = "detached"  # `detach()` (terminal hung up): the run goes on without the UI
 
 
 class QuitScreen(ModalScreen[str]):
@@ -32,7 +45,7 @@ class QuitScreen(ModalScreen[str]):
             question = ("Quit? The trainer stops at the next step." if self.running
                         else "Quit? The run has already ended.")
             yield Label(question, id="quit-question")
-            yield Button("Save a checkpoint and quit (s)", variant="primary", id=SAVE)
+            yield Button("Save a checkpoint and quit (s, ctrl+c)", variant="primary", id=SAVE)
             yield Button("Quit without saving (n)", variant="error", id=NO_SAVE)
             yield Button("Cancel (esc)", variant="default", id=CANCEL)
 

@@ -8,19 +8,19 @@ from typing import Callable
 from rich.text import Text
 from textual.widgets import Static
 
-from core.events import CheckpointSaved, Event, RunFinished, RunStarted, StepStats
+from core.events import CheckpointSaved, Event, RunFinished, RunStarted, RunState, StepStats
 
-from .format import duration
+from ..eventtext import duration
 
 STATE_STYLES = {
-    "starting": "bold cyan",
-    "running": "bold green",
-    "paused": "bold yellow",
-    "evaluating": "bold magenta",
-    "checkpointing": "bold blue",
-    "stopping": "bold yellow",
-    "finished": "bold",
-    "error": "bold white on red",
+    RunState.STARTING: "bold cyan",
+    RunState.RUNNING: "bold green",
+    RunState.PAUSED: "bold yellow",
+    RunState.EVALUATING: "bold magenta",
+    RunState.CHECKPOINTING: "bold blue",
+    RunState.STOPPING: "bold yellow",
+    RunState.FINISHED: "bold",
+    RunState.ERROR: "bold white on red",
 }
 
 
@@ -31,7 +31,7 @@ class StatusLine(Static):
         super().__init__("", **kwargs)
         self.demo = demo
         self._clock = clock
-        self.state = "starting"
+        self.state = RunState.STARTING
         self.detail = ""  # e.g. the finish reason
         self.pending = ""  # feedback for the last key until the trainer confirms it
         self.model = "--"
@@ -44,7 +44,7 @@ class StatusLine(Static):
         self.last_checkpoint: str = "none"
         self.dirty = True
 
-    def set_state(self, state: str, detail: str = "") -> None:
+    def set_state(self, state: RunState, detail: str = "") -> None:
         self.state = state
         self.detail = detail
         self.dirty = True
@@ -81,7 +81,7 @@ class StatusLine(Static):
         if self.demo:
             line1.append(" DEMO ", style="bold black on yellow")
             line1.append(" ")
-        state = self.state.upper() + (f" ({self.detail})" if self.detail else "")
+        state = self.state.value.upper() + (f" ({self.detail})" if self.detail else "")
         line1.append(f" {state} ", style=STATE_STYLES.get(self.state, "bold"))
         if self.pending:
             line1.append(f"  {self.pending}", style="italic yellow")

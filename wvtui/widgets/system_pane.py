@@ -1,15 +1,24 @@
-"""GPU and host pane: per-GPU NVML and PyTorch memory figures, host CPU/RAM/workers, sparklines."""
+"""GPU and host pane: per-GPU NVML and PyTorch memory figures, host CPU/RAM/workers, sparklines.
+
+The pane samples telemetry itself, in a thread worker on its own timer (NVML and psutil calls
+can be slow; the trainer never waits for them).
+"""
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Sparkline, Static
+from textual.worker import Worker, WorkerState
 
-from core.telemetry import Telemetry, fmt_or_na, format_bytes
+from core.telemetry import Telemetry, TelemetrySampler, fmt_or_na, format_bytes
+
+from ..messages import TelemetrySampled, TelemetrySampleFailed
 
 HISTORY = 120  # seconds of sparkline history at one sample a second
 
@@ -28,6 +37,9 @@ class SystemPane(VerticalScroll):
         self.gpu_mem: deque[float] = deque(maxlen=HISTORY)
         self.cpu: deque[float] = deque(maxlen=HISTORY)
         self.dirty = True
+        self._sampler: Any = None
+        self._owns_sampler = False
+        self._sampling = False
 
     def compose(self) -> ComposeResult:
         self.gpu_info = Static(id="gpu-info")
@@ -43,6 +55,47 @@ class SystemPane(VerticalScroll):
         yield self.host_info
         yield from self.gpu_rows
         yield Horizontal(Label("CPU      ", classes="spark-label"), self.cpu_spark, classes="spark-row")
+
+    def start(self, telemetry: Any, interval: float) -> None:
+        """telemetry: None samples with a `TelemetrySampler` every `interval` seconds; an object
+        with `.sample()` is used as the sampler; a fixed `Telemetry` is shown as is."""
+        if telemetry is None:
+            self._sampler, self._owns_sampler = TelemetrySampler(), True
+        elif hasattr(telemetry, "sample"):
+            self._sampler = telemetry
+        else:
+            self.apply(telemetry)
+            return
+        self._sample()
+        self.set_interval(interval, self._sample)
+
+    def on_unmount(self) -> None:
+        if self._owns_sampler:
+            self._sampler.close()
+
+    def _sample(self) -> None:
+        if not self._sampling:  # a slow NVML call must not pile up threads
+            self._sampling = True
+            self._sample_worker()
+
+    @work(thread=True, group="telemetry", exit_on_error=False)
+    def _sample_worker(self) -> None:
+        try:
+            telemetry = self._sampler.sample()
+        finally:
+            self._sampling = False
+        self.post_message(TelemetrySampled(telemetry))
+
+    @on(TelemetrySampled)
+    def _on_sampled(self, message: TelemetrySampled) -> None:
+        self.apply(message.telemetry)
+
+    @on(Worker.StateChanged)
+    def _on_worker_state(self, event: Worker.StateChanged) -> None:
+        # Sampling failed once; the next tick tries again. The app says so in its log, not in
+        # a toast every second.
+        if event.state == WorkerState.ERROR:
+            self.post_message(TelemetrySampleFailed(event.worker.error))
 
     def apply(self, telemetry: Telemetry) -> None:
         self.telemetry = telemetry

@@ -10,7 +10,7 @@ from textual.widgets import Label, ProgressBar, Static
 from core.events import Event, RunStarted, StepStats
 
 from .chart import Chart
-from .format import loss as fmt_loss
+from ..eventtext import loss as fmt_loss
 
 # Days-long runs report tens of thousands of ticks; the chart only has ~200 columns, so the
 # history is halved (every other point dropped) whenever it reaches this size.

@@ -1,19 +1,23 @@
-"""Shared pieces of the engine tests: a dataset big enough to learn from, configs, event capture."""
+"""The one home of shared test code: a dataset big enough to learn from, configs, event capture,
+waiting for a condition, faulty models, and torch-call recorders (host reads, tensor devices)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from core.config import TrainConfig
 from core.engine import Trainer
-from core.events import Command, Event, fanout
+from core.events import Command, Event, RunState, StateChanged, fanout
 from core.model import build_model
 from core.runlog import RunLog
 from core.synthetic import make_webvision
@@ -110,6 +114,15 @@ def weights(path: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
+def fingerprint(state_dict: dict) -> str:
+    """A digest of every tensor's exact bytes: equal digests mean bit-identical models."""
+    h = hashlib.sha256()
+    for name, t in state_dict.items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
@@ -117,7 +130,8 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 class FaultyModel(nn.Module):
-    """resnet18 whose training forward number `at` (1-based) misbehaves in a chosen way."""
+    """resnet18 whose training forward number `at` (1-based) misbehaves in a chosen way:
+    "nan" (from then on), "oom" or "bug" (raises once); any other fault does nothing."""
 
     def __init__(self, num_classes: int, at: int, fault: str) -> None:
         super().__init__()
@@ -125,6 +139,7 @@ class FaultyModel(nn.Module):
         self.at = at
         self.fault = fault
         self.calls = 0
+        self.refs: list[weakref.ref] = []  # the faulty step's input and output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(x)
@@ -132,6 +147,7 @@ class FaultyModel(nn.Module):
             return out
         self.calls += 1
         if self.calls >= self.at:
+            self.refs = [weakref.ref(x), weakref.ref(out)]
             if self.fault == "nan":
                 return out * float("nan")
             if self.fault == "oom" and self.calls == self.at:
@@ -143,3 +159,62 @@ class FaultyModel(nn.Module):
 
 def faulty(at: int, fault: str) -> Callable[[str, int], nn.Module]:
     return lambda name, num_classes: FaultyModel(num_classes, at, fault)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy (returned); AssertionError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def entered(state: RunState, previous: RunState | None = None) -> Callable[[Event], bool]:
+    """A predicate for the StateChanged event into `state` (from `previous`, when given)."""
+    return lambda e: (isinstance(e, StateChanged) and e.state is state
+                      and (previous is None or e.previous is previous))
+
+
+class HostReads(TorchFunctionMode):
+    """Records, on the thread that enters it, every torch call that makes the host wait for the
+    device: explicit reads (.item(), .tolist(), .cpu()...) and ops whose output size or
+    arguments the host must learn first (bincount, nonzero, boolean-mask indexing...)."""
+
+    READS = {"item", "tolist", "cpu", "numpy", "bincount", "nonzero", "unique", "masked_select",
+             "__bool__", "__int__", "__float__", "argwhere", "repeat_interleave"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if name in self.READS:
+            self.calls.append(name)
+        elif name == "__getitem__" and len(args) > 1 and _has_bool_tensor(args[1]):
+            self.calls.append("mask indexing")
+        return func(*args, **(kwargs or {}))
+
+
+def _has_bool_tensor(index: Any) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+
+class TensorDevices(TorchFunctionMode):
+    """The device types of every tensor that torch calls return on the thread that enters it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.seen.add(t.device.type)
+        return out
