@@ -70,9 +70,9 @@ def speed_flags() -> dict:
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
-    from core.engine import Trainer
+    from core.build import resolve_amp as trainers_resolve_amp  # the benchmarks resolve --amp as the trainer does
 
-    return Trainer._resolve_amp(amp, device)
+    return trainers_resolve_amp(amp, device)
 
 
 # make_loader's prefetch_factor: batches each worker may hold ready ahead of the loop.

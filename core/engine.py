@@ -34,7 +34,7 @@ from core.checkpoint import CheckpointError, CheckpointSaver
 from core.commands import CommandInbox
 from core.config import TrainConfig
 from core.distributed import DistContext
-from core.evaluate import Scores, evaluate
+from core.evaluate import EvalTotals, Scores, evaluate
 from core.events import (CheckpointSaved, Command, EvalResult, Event, RunError, RunFinished,
                          RunStarted, RunState, RunWarning, Sink, StateChanged)
 from core.faults import nonfinite_error, nonfinite_message, one_line, oom_message, save_problem
@@ -170,8 +170,6 @@ class Trainer:
         if self.owns_dist and self.dist is not None:
             self.dist.shutdown(abort=reason == "error")
         return finished
-
-    _resolve_amp = staticmethod(resolve_amp)  # the benchmarks resolve --amp as the trainer does
 
     def _resume_if_asked(self, parts: RunModel) -> None:
         opened = open_checkpoint(self.config, self.dist, self.out_dir)
@@ -358,19 +356,12 @@ class Trainer:
     def _evaluate(self, *, manual: bool, epoch: int, step: int) -> EvalResult:
         with self._in_state(RunState.EVALUATING):
             t0 = time.perf_counter()
-            totals = evaluate(self.train_step.eval_model, self.data.val_loader, self.device, self.config.num_classes,
-                              dist=self.dist, autocast=lambda: autocast_for(self.amp, self.device),
-                              max_batches=self.config.max_val_batches)
-            self._emit(self.bad.collect(totals.bad, self.index.val, "val"))
+            totals = self._score(self.data.val_loader, self.index.val, "val")
             if totals.images == 0:
                 raise RuntimeError(f"the validation set yielded no readable images (of {totals.images_total})")
-            imagenet = None
-            if self.data.imagenet_loader is not None:  # --imagenet-val: scored alongside, never picks the best
-                imagenet = evaluate(self.train_step.eval_model, self.data.imagenet_loader, self.device,
-                                    self.config.num_classes, dist=self.dist,
-                                    autocast=lambda: autocast_for(self.amp, self.device),
-                                    max_batches=self.config.max_val_batches)
-                self._emit(self.bad.collect(imagenet.bad, self.data.imagenet_set.samples, "imagenet_val"))
+            imagenet = None  # --imagenet-val: scored alongside, never picks the best
+            if self.data.imagenet_set is not None:
+                imagenet = self._score(self.data.imagenet_loader, self.data.imagenet_set.samples, "imagenet_val")
             seconds = time.perf_counter() - t0
             if not manual:
                 self.meter.eval_seconds = seconds
@@ -380,6 +371,12 @@ class Trainer:
             if ev.is_best:
                 self._save("best.pt", "best")
         return ev
+
+    def _score(self, loader: Any, samples: Any, split: str) -> EvalTotals:
+        totals = evaluate(self.train_step.eval_model, loader, self.device, self.config.num_classes, dist=self.dist,
+                          autocast=lambda: autocast_for(self.amp, self.device), max_batches=self.config.max_val_batches)
+        self._emit(self.bad.collect(totals.bad, samples, split))
+        return totals
 
     def _save(self, name: str, reason: str) -> str:
         """Write OUT/checkpoints/<name> (rank 0): "saved", "skipped" (non-finite model) or "failed".

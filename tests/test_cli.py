@@ -144,7 +144,8 @@ def test_resume_from_another_model_or_class_count(short_run, synthetic_root, tmp
 
 # --- --demo ---------------------------------------------------------------------------------------
 
-TINY_DEMO = dict(classes=3, queries_per_class=1, images_per_query=6, val_per_class=2, size=40, seed=0)
+TINY_DEMO = dict(classes=3, queries_per_class=1, images_per_query=6, val_per_class=2, size=40, seed=0,
+                 imagenet_per_class=1)
 
 
 def test_demo_dataset_is_generated_once_into_the_cache(tmp_path, monkeypatch):

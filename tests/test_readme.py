@@ -64,6 +64,22 @@ def _finished_in(log: str):
     return check
 
 
+def _scored_imagenet(out: str):
+    def check(tmp, proc):
+        from wvtui_process import records
+
+        (ev,) = records(os.path.join(tmp, out), "eval")
+        assert ev["imagenet_images"] == 4 and ev["imagenet_acc1"] is not None, ev
+
+    return check
+
+
+def _reported(tmp, proc):
+    with open(os.path.join(tmp, "report.md")) as f:
+        text = f.read()
+    assert "| run | runs/mini | runs/other |" in text and "**0.01**" in text, text
+
+
 def _collected(tmp, proc):
     assert re.search(r"\d+ tests? collected", proc.stdout) or re.search(r"\d+/\d+ tests? collected", proc.stdout), \
         proc.stdout[-500:]
@@ -111,6 +127,19 @@ PLAN = {
         run("cd {repo} && python -m pytest tests/test_snapshots.py --snapshot-update --collect-only -q "
             "-p no:cacheprovider", check=_collected),
     "lint-imports": run("cd {repo} && lint-imports"),
+    "wvtui --root ~/data/webvision1.0 --imagenet-val ~/data/imagenet/val":
+        run(f"wvtui --root {{root}} --imagenet-val {{root}}/imagenet_val {TINY} --out runs/both --headless",
+            check=_scored_imagenet("runs/both")),
+    "wvtui report runs/mini runs/other":
+        run(f"wvtui --root {{root}} --out runs/mini --headless {TINY} > /dev/null && "
+            f"wvtui --root {{root}} --out runs/other --headless {TINY} --lr 0.01 > /dev/null && "
+            "wvtui report runs/mini runs/other > report.md", check=_reported),
+    "tensorboard --logdir runs --port 6006":
+        skip("a server that runs until stopped; tests/test_results_sinks.py reads the event files with "
+             "tensorboard's own reader"),
+    "ssh -L 6006:localhost:6006 server": skip("runs on the user's own machine, towards the GPU server"),
+    "python -m bench.gpu_check --smoke": skip("tests/test_gpu_check.py runs exactly this, into a temporary "
+                                              "results file instead of bench/RESULTS.md"),
 }
 
 
@@ -138,7 +167,8 @@ def test_ci_runs_exactly_the_readme_test_command():
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     return make_webvision(str(tmp_path_factory.mktemp("readme") / "wv"),
-                          classes=4, queries_per_class=1, images_per_query=16, val_per_class=2, size=40, seed=0)
+                          classes=4, queries_per_class=1, images_per_query=16, val_per_class=2, size=40, seed=0,
+                          imagenet_per_class=1)
 
 
 def _runnable():
@@ -157,7 +187,8 @@ def test_readme_command_runs(command, tiny_root, tmp_path):
 
     if "--demo" in shell:  # it finds a (tiny) demo dataset in its cache instead of generating the real one
         make_webvision(str(tmp_path / "cache" / "wvtui" / demo.DEMO_VERSION), classes=demo.CONFIG["num_classes"],
-                       queries_per_class=1, images_per_query=6, val_per_class=2, size=40, seed=0)
+                       queries_per_class=1, images_per_query=6, val_per_class=2, size=40, seed=0,
+                       imagenet_per_class=1)
     shell = shell.format(root=shlex.quote(tiny_root), repo=shlex.quote(REPO), tmp=shlex.quote(str(tmp_path)))
     proc = subprocess.run(["bash", "-c", f"set -e; {shell}"], cwd=tmp_path, env=cli_env(tmp_path),
                           capture_output=True, text=True, timeout=540)

@@ -54,6 +54,12 @@ def catches(pid: int, sig: int) -> bool:
     return False
 
 
+def default_stop_signals() -> None:
+    """In a child before exec: SIGINT and SIGHUP back to their default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class Live:
     """A `wvtui --headless` process whose stdout lines are read as they come."""
 
@@ -63,7 +69,10 @@ class Live:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wvtui", *args], cwd=tmp_path, env=cli_env(tmp_path),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # in case pytest runs under nohup
+            # As a user's shell starts it: pytest itself may run under nohup, or as a background job
+            # of a non-interactive shell, which starts with SIGINT ignored (and wvtui keeps an
+            # inherited "ignore" as the user's choice).
+            preexec_fn=default_stop_signals,
         )
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -109,6 +118,7 @@ class Terminal:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
 
         def controlling_tty():  # in the child, after setsid
+            default_stop_signals()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
