@@ -21,6 +21,7 @@ from core.data import (DevicePrefetcher, ResumableSampler, WebVisionDataset, mak
                        val_transform)
 from core.distributed import DistContext
 from core.imagenet_val import load_imagenet_val
+from core.model import check_input_size
 from core.optim import make_sgd
 from core.webvision import WebVisionIndex
 
@@ -167,9 +168,7 @@ class RunModel:
 def build_model_parts(cfg: TrainConfig, factory: ModelFactory, device: torch.device, amp: str) -> RunModel:
     """The model on `device` (channels_last) and the recipe: SGD, MultiStepLR, a scaler for fp16."""
     model = factory(cfg.model, cfg.num_classes)
-    min_size = getattr(model, "min_input_size", 0)
-    if cfg.image_size < min_size:
-        raise ValueError(f"--image-size {cfg.image_size} is too small for {cfg.model}: use {min_size} or more")
+    check_input_size(cfg.model, model, cfg.image_size)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = make_sgd(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                          device=device)

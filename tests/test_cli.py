@@ -103,6 +103,16 @@ def test_image_size_too_small_for_inception_resnet_v2(synthetic_root, tmp_path, 
     assert_usage_error(code, capsys.readouterr().err, "--image-size 64", "75")
 
 
+@pytest.mark.parametrize("model, size, says", [("vit_b_16", "96", "takes --image-size 224 only"),
+                                              ("inception_v3", "64", "use 75 or more")])
+def test_a_size_the_model_cannot_take_is_refused_before_anything_is_built(synthetic_root, tmp_path, capsys,
+                                                                         model, size, says):
+    code = main(["--root", synthetic_root, "--num-classes", "4", "--model", model, "--image-size", size,
+                 "--out", str(tmp_path / "run")])
+    assert_usage_error(code, capsys.readouterr().err, model, says)
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_resume_missing_file(synthetic_root, tmp_path, capsys):
     missing = str(tmp_path / "nope.pt")
     code = main(["--root", synthetic_root, "--num-classes", "4", "--resume", missing])

@@ -190,7 +190,7 @@ def resolve_config(args: argparse.Namespace, log: Callable[[str], None] | None =
     cfg = TrainConfig(**values)  # ValueError -> exit 2
     _check_out(cfg.out)
     _check_earlier_run(cfg, overwrite=bool(getattr(args, "overwrite", False)))
-    _check_model(cfg.model)
+    _check_model(cfg.model, cfg.image_size)
     _check_device(cfg.device)
     return cfg
 
@@ -224,14 +224,18 @@ def _check_earlier_run(cfg: TrainConfig, *, overwrite: bool) -> None:
         )
 
 
-def _check_model(name: str) -> None:
-    from core.model import available_models
+def _check_model(name: str, image_size: int) -> None:
+    from core.model import available_models, check_input_size
 
     if name.strip().lower() not in available_models():
         raise UsageError(
             f"--model: unknown model {name!r}; use inception_resnet_v2, resnet18, resnet50, "
             "efficientnet_b0 or another torchvision classification model"
         )
+    try:
+        check_input_size(name, None, image_size)  # before anything is built or loaded
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_device(device: str) -> None:
