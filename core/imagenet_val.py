@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.infofiles import read_text_lines
 from core.webvision import DatasetError, SampleList
 
 __all__ = ["ImageNetVal", "load_imagenet_val", "IMAGE_EXTENSIONS", "LAYOUTS"]
@@ -176,26 +177,13 @@ def _ground_truth(directory: str) -> tuple[str, dict[int, str]]:
     )
 
 
-def _lines(path: str) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise DatasetError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        return data.decode("utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DatasetError(f"{path}:{line}: not valid UTF-8") from None
-
-
 def _image_number(image_id: str) -> int | None:
     m = _IMAGE_ID.match(image_id)
     return int(m.group(1)) if m else None
 
 
 def _parse_kaggle(path: str) -> dict[int, str]:
-    lines = _lines(path)
+    lines = read_text_lines(path)
     if not lines or lines[0].replace(" ", "").lower() != "imageid,predictionstring":
         raise DatasetError(f"{path}:1: expected the header 'ImageId,PredictionString'")
     truth: dict[int, str] = {}
@@ -233,7 +221,7 @@ def _devkit_order(d: str, truth_path: str) -> tuple[str, dict[int, str]]:
 
 def _parse_order(path: str) -> dict[int, str]:
     order: dict[int, str] = {}
-    for lineno, line in enumerate(_lines(path), 1):
+    for lineno, line in enumerate(read_text_lines(path), 1):
         parts = line.split()
         if not parts:
             continue
@@ -267,7 +255,7 @@ def _parse_meta(path: str) -> dict[int, str]:
 
 def _parse_devkit(path: str, order: dict[int, str], order_file: str) -> dict[int, str]:
     truth: dict[int, str] = {}
-    for lineno, line in enumerate(_lines(path), 1):
+    for lineno, line in enumerate(read_text_lines(path), 1):
         text = line.strip()
         if not text:
             continue
