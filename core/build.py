@@ -9,7 +9,7 @@ import gc
 import random
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ from core.model import check_input_size
 from core.optim import make_sgd
 from core.webvision import WebVisionIndex
 
-__all__ = ["RunData", "RunModel", "TrainStep", "autocast_for", "build_data", "build_model_parts", "load_index",
-           "resolve_amp", "seed_and_tune", "use_device"]
+__all__ = ["RunData", "RunModel", "StepOutput", "TrainStep", "autocast_for", "build_data", "build_model_parts",
+           "load_index", "resolve_amp", "seed_and_tune", "use_device"]
 
 ModelFactory = Callable[[str, int], nn.Module]
 
@@ -177,8 +177,17 @@ def build_model_parts(cfg: TrainConfig, factory: ModelFactory, device: torch.dev
     return RunModel(model, optimizer, scheduler, scaler)
 
 
+class StepOutput(NamedTuple):
+    """What one step leaves on the device (nothing is read back): the batch's mean loss, and
+    each sample's loss and argmax prediction for the per-sample record."""
+
+    loss: torch.Tensor  # 0-d float32
+    losses: torch.Tensor  # (batch,) float32
+    preds: torch.Tensor  # (batch,) int64
+
+
 class TrainStep:
-    """One optimizer step on a device batch: the loss, detached, left on the device (no sync)."""
+    """One optimizer step on a device batch: its StepOutput, detached, on the device (no sync)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                  amp: str, device: torch.device, *, grads_in_buckets: bool = False,
@@ -211,7 +220,7 @@ class TrainStep:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         # Before the forward, so the previous step's gradients are not kept alive through it.
         self.optimizer.zero_grad(set_to_none=self.set_to_none)
         x = normalize_on_device(images, channels_last=True)
@@ -219,7 +228,8 @@ class TrainStep:
             logits = self.model(x)
             if not isinstance(logits, torch.Tensor):  # auxiliary outputs in training: the main logits
                 logits = logits[0]
-            loss = F.cross_entropy(logits, labels)
+            losses = F.cross_entropy(logits, labels, reduction="none")
+            loss = losses.mean()
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -227,4 +237,4 @@ class TrainStep:
         else:
             loss.backward()
             self.optimizer.step()
-        return loss.detach().float()
+        return StepOutput(loss.detach().float(), losses.detach().float(), logits.detach().argmax(1))

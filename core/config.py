@@ -52,6 +52,8 @@ class TrainConfig:
     # The ILSVRC2012 val images of the trained synsets (--imagenet-val); scored at every evaluation.
     imagenet_val: str | None = None
     tensorboard: bool = True  # OUT/tb/ (--no-tb turns it off)
+    # Per-sample training losses, the clean/noisy split and OUT/samples/ (--no-samples turns it off).
+    record_samples: bool = True
     # Step stats are reported every `report_every` steps or `report_interval_s`, whichever is later.
     report_every: int = 10
     report_interval_s: float = 0.5

@@ -10,9 +10,9 @@ commands (`core.commands`), applied between optimizer steps: the run is always a
 place when it pauses, evaluates or checkpoints, and a checkpoint taken there resumes to
 bit-identical weights on CPU. Under torchrun every rank runs this loop on the same agreed
 commands; only rank 0 writes files and emits events (other ranks: errors and their end).
-`_train` reads top to bottom: epochs, `train_one_epoch`, `_evaluate`, `_save`. The rooms it
-uses: core.build (parts and the step), core.meters, core.evaluate, core.commands,
-core.checkpoint (the saver), core.resume, core.bad_images, core.faults.
+`_train` reads top to bottom: epochs, `train_one_epoch`, `_evaluate`, the per-sample split
+(core.sample_record, core.noise), `_save`. Other rooms: core.build (parts and the step),
+core.meters, core.evaluate, core.commands, core.checkpoint, core.resume, core.bad_images, core.faults.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from core.events import (CheckpointSaved, Command, EvalResult, Event, RunError, 
 from core.faults import nonfinite_error, nonfinite_message, one_line, oom_message, save_problem
 from core.meters import StepMeter
 from core.model import build_model, count_parameters
+from core.noise import drop_epoch_files_from, record_epoch
+from core.sample_record import SampleRecord
 from core.resume import open_checkpoint, restore_training_state, training_state
 from core.webvision import WebVisionIndex
 
@@ -59,8 +61,7 @@ class Trainer:
         if nonfinite_action not in NONFINITE_ACTIONS:
             raise ValueError(f"nonfinite_action must be one of {NONFINITE_ACTIONS}, got {nonfinite_action!r}")
         self.config = config
-        self.sink = sink
-        self.index = index
+        self.sink, self.index = sink, index
         self.nonfinite_action = nonfinite_action  # changed later only by Command.NONFINITE_STOPS
         self.model_factory = model_factory or build_model
         self.owns_dist = dist is None  # a context made here is shut down here
@@ -78,20 +79,17 @@ class Trainer:
         self.resumed_from: str | None = None
         self.start_events: list[Event] = []  # told right after RunStarted (resume, data warnings)
         self.bad = BadImages()
-
         # Built by prepare().
-        self.device = torch.device("cpu")
-        self.amp = "off"
+        self.device, self.amp = torch.device("cpu"), "off"
         self.data: RunData | None = None  # datasets, sampler, loaders
         self.model: nn.Module | None = None
         self.num_params = 0
-        self.optimizer: torch.optim.SGD | None = None
-        self.scheduler: torch.optim.lr_scheduler.MultiStepLR | None = None
-        self.scaler: torch.amp.GradScaler | None = None
+        self.optimizer = self.scheduler = self.scaler = None  # SGD, MultiStepLR, the fp16 GradScaler
         self.train_step: TrainStep | None = None  # the step (DDP/compiled model) and the eval model
         self.saver = CheckpointSaver(self.checkpoint_dir, enabled=False)
         self.meter = StepMeter(self.device, images_per_step=config.batch_size)
         self.resume_samples = 0  # samples of the resumed epoch already trained on (this rank)
+        self.record = SampleRecord.for_run(False)  # the epoch's per-sample losses (record_samples)
         self._nonfinite_reads = 0  # consecutive reads with a non-finite loss
         self._batches: Any = None  # the epoch's device batch iterator (dropped after an OOM)
         self._prepared = False
@@ -130,9 +128,12 @@ class Trainer:
         self.num_params = count_parameters(self.model)
         self.saver = CheckpointSaver(self.checkpoint_dir, enabled=d.is_main)
         self.meter = StepMeter(self.device, images_per_step=cfg.batch_size * d.world_size)
+        self.record = SampleRecord.for_run(cfg.record_samples, self.data.train_sampler, cfg.batch_size, self.device)
         self._resume_if_asked(parts)
         self.start_events += [RunWarning(kind="imagenet_val", message=w) for w in self.data.imagenet_warnings]
         self.saver.remove_stale_temp_files()
+        if cfg.record_samples and d.is_main:
+            drop_epoch_files_from(self.out_dir, self.epoch)
         self.train_step = TrainStep.build(parts, d, self.amp, self.device, compile=cfg.compile)
         self._prepared = True
 
@@ -159,7 +160,6 @@ class Trainer:
             if self.data is not None:
                 self.data.close()
         if failure is not None:
-            reason = "error"
             if failure.kind == "oom":
                 # Out of the handler: its traceback no longer holds the failed step's tensors.
                 self._release_memory()
@@ -231,6 +231,8 @@ class Trainer:
             self.epoch += 1
             self.epoch_step = 0
             self._evaluate(manual=False, epoch=epoch, step=self.step)
+            for event in record_epoch(self.record, self.dist, self.index, epoch, self.step, self.out_dir):
+                self._emit(event)  # the epoch's per-sample split (NoiseEstimate, NoiseDetails)
             self._save("last.pt", "epoch")
             self._emit(self.meter.epoch_end(epoch, self.step))
         return "completed"
@@ -242,6 +244,7 @@ class Trainer:
         self._batches = self.data.epoch_batches(self.epoch, self.resume_samples, self.device,
                                                 steps=self.steps_per_epoch - self.epoch_step)
         self.resume_samples = 0
+        self.record.start_epoch(self.epoch, self.epoch_step, self.steps_per_epoch)
         self.model.train()
         while self.epoch_step < self.steps_per_epoch:
             outcome = self._apply_commands()
@@ -266,7 +269,9 @@ class Trainer:
         return self._apply_commands()
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.train_step(images, labels)
+        out = self.train_step(images, labels)
+        self.record.add(self.epoch_step, out.losses, out.preds)  # device copies: no sync
+        return out.loss
 
     def _read_stats(self) -> None:
         """Read the window's loss (every rank, same steps), count a non-finite one, maybe report."""
@@ -288,8 +293,7 @@ class Trainer:
         what = nonfinite_message(reads=None if latest else self.config.nonfinite_patience, epoch=self.epoch,
                                  step=self.step, lr=self.optimizer.param_groups[0]["lr"])
         if not latest and self.nonfinite_action == "pause":
-            self._emit(RunWarning(kind="nonfinite", message=f"{what}; paused. Lower --lr or resume from the last "
-                                                            "checkpoint."))
+            self._emit(RunWarning(kind="nonfinite", message=f"{what}; paused. Lower --lr or resume from the last checkpoint."))
             return self._pause()
         self._emit(RunWarning(kind="nonfinite", message=what))
         self._emit(nonfinite_error(what, latest=latest, checkpoint_dir=self.checkpoint_dir), always=True)
@@ -379,18 +383,16 @@ class Trainer:
         return totals
 
     def _save(self, name: str, reason: str) -> str:
-        """Write OUT/checkpoints/<name> (rank 0): "saved", "skipped" (non-finite model) or "failed".
-
-        Every rank calls it at the same boundary (the CUDA generator states are gathered).
-        In the last two cases the previous file is left exactly as it was.
-        """
-        cuda_rng = None
-        if self.device.type == "cuda":
-            cuda_rng = self.dist.all_gather_object(torch.cuda.get_rng_state(self.device))
+        """Write OUT/checkpoints/<name> (rank 0): "saved", "skipped" (non-finite model) or "failed"
+        (both leave the previous file exactly as it was). Every rank calls it at the same boundary:
+        the CUDA generator states and the epoch's per-sample record are gathered."""
+        cuda = self.device.type == "cuda"
+        cuda_rng = self.dist.all_gather_object(torch.cuda.get_rng_state(self.device)) if cuda else None
+        samples = self.record.state(self.dist, self.epoch)  # the epoch's record so far (all ranks)
         if not self.is_main:
             return "saved"
         with self._in_state(RunState.CHECKPOINTING):
-            outcome = self.saver.save(name, lambda: training_state(self, cuda_rng), self.model)
+            outcome = self.saver.save(name, lambda: training_state(self, cuda_rng, samples), self.model)
             problem = save_problem(outcome, name, previous_kept=self.saver.exists(name))
             self._emit(problem or CheckpointSaved(path=outcome.path, reason=reason, epoch=self.epoch, step=self.step,
                                                   seconds=outcome.seconds), always=isinstance(problem, RunError))

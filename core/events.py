@@ -237,6 +237,42 @@ class RunFinished(Event):
     checkpoint_failed: bool = False
 
 
+@dataclass(frozen=True)
+class NoiseEstimate(Event):
+    """After each epoch: the clean/noisy split of the epoch's per-sample training losses
+    (DivideMix's two-component Gaussian mixture on min-max normalised losses)."""
+
+    RECORD: ClassVar[str] = "noise"
+    epoch: int  # 0-based, the epoch the losses come from
+    step: int
+    samples: int  # training samples recorded in the epoch (all ranks)
+    clean_fraction: float  # mean clean probability
+    means: tuple[float, ...]  # (clean, noisy) component means, on normalised loss
+    variances: tuple[float, ...]
+    weights: tuple[float, ...]
+    path: str  # OUT/samples/epoch_NNN.npz
+
+
+@dataclass(frozen=True)
+class NoiseDetails(Event):
+    """What the console's noise pane shows of one epoch's split; too big for metrics.jsonl.
+
+    histogram: counts of normalised losses in equal bins over [0, 1].
+    classes: (label, images, clean_fraction, mean_loss, most often predicted other label or -1).
+    queries: (query_id, query text, label, images, clean_fraction, mean_loss, other label or -1).
+    worst: the highest-loss samples of every class and query:
+           (index, path, label, query_id, predicted, loss, clean_prob).
+    """
+
+    RECORD: ClassVar[str] = "noise_details"
+    LOGGED: ClassVar[bool] = False
+    epoch: int
+    histogram: tuple[int, ...]
+    classes: tuple[tuple[Any, ...], ...]
+    queries: tuple[tuple[Any, ...], ...]
+    worst: tuple[tuple[Any, ...], ...]
+
+
 Sink = Callable[[Event], None]
 
 

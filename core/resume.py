@@ -64,10 +64,12 @@ def open_checkpoint(cfg: TrainConfig, dist: DistContext, out_dir: str) -> tuple[
     return path, state
 
 
-def training_state(t: Trainer, cuda_rng: list[torch.Tensor] | None) -> dict[str, Any]:
+def training_state(t: Trainer, cuda_rng: list[torch.Tensor] | None,
+                   samples: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a checkpoint holds: enough to continue exactly from the trainer's step boundary.
 
-    `cuda_rng` is every rank's CUDA generator state, indexed by rank (None on the CPU).
+    `cuda_rng` is every rank's CUDA generator state, indexed by rank (None on the CPU);
+    `samples` the per-sample record of the epoch so far (SampleRecord.state), if any.
     """
     cfg, d = t.config, t.dist
     rng = capture_rng_state(t.device)
@@ -84,6 +86,7 @@ def training_state(t: Trainer, cuda_rng: list[torch.Tensor] | None) -> dict[str,
         # So that a resumed run does not count (and warn about) the same files again.
         **t.bad.state(),
         "config": cfg.to_dict(),  # the recipe in effect: a resumed run applies its own settings
+        **({"samples": samples} if samples is not None else {}),
     }
 
 
@@ -96,6 +99,7 @@ def restore_training_state(t: Trainer, parts: RunModel, path: str, state: dict[s
     t.resume_samples = min(t.epoch_step * cfg.batch_size, t.data.train_sampler.per_rank)
     t.scores = Scores(float(state["best_acc1"]), float(state["best_acc5"]), state["history"])
     t.bad.load(state)
+    t.record.restore(state.get("samples"), t.epoch, path)
     rng = dict(state["rng"])
     rng["cuda"], warning = own_cuda_rng(rng.get("cuda"), d.rank, d.world_size)
     restore_rng_state(rng, t.device)

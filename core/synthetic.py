@@ -76,12 +76,19 @@ def make_webvision(
     flickr_per_query: int = 2,
     test_images: int = 4,
     imagenet_per_class: int = 0,
+    label_noise: float = 0.0,
 ) -> str:
     """Write the tree under out_dir (created; must not hold a dataset already) and return it.
 
     bad_files plants, in the train list: a truncated JPEG, a zero-byte file and a listed file
     that is missing (all unreadable), plus a PNG named .jpg, a grayscale and a CMYK JPEG (odd
     but readable); and a zero-byte file in the val list. synthetic.json names them.
+
+    label_noise P flips round(P x images) Google training labels to another class (uniformly),
+    in the filelist only: each image keeps the look of its true class, as a web image keeps its
+    content whatever its query says. The flips are planted in a third of the queries (spread
+    over the classes; more queries when those cannot hold them all), so that a per-query noise
+    ranking has a truth to find. ROOT/label_noise.json names them (outside info/).
     """
     if not 1 <= classes <= total_synsets:
         raise ValueError(f"classes must be in 1..{total_synsets}, got {classes}")
@@ -93,6 +100,10 @@ def make_webvision(
                     ("test_images", test_images), ("imagenet_per_class", imagenet_per_class)):
         if v < 0:
             raise ValueError(f"{name} must be >= 0, got {v}")
+    if not (0.0 <= label_noise < 1.0):
+        raise ValueError(f"label_noise must be in [0, 1), got {label_noise}")
+    if label_noise > 0 and classes < 2:
+        raise ValueError("label_noise needs at least 2 classes")
     if size < 8:
         raise ValueError(f"size must be >= 8, got {size}")
     if bad_files and classes * queries_per_class * images_per_query < 6:
@@ -200,6 +211,11 @@ def make_webvision(
                 {"split": "val", "index": len(val_lines) - 1, "path": rel, "kind": "zero_bytes"}
             )
 
+    if label_noise > 0:
+        noise = _flip_labels(train_lines, classes, queries_per_class, images_per_query, label_noise, seed)
+        with open(os.path.join(out_dir, "label_noise.json"), "w") as f:
+            json.dump(noise, f, indent=1)
+
     for name, text in lines.items():
         with open(os.path.join(info, name), "w") as f:
             f.writelines(text)
@@ -217,12 +233,46 @@ def make_webvision(
         "flickr_per_query": flickr_per_query,
         "test_images": test_images,
         "imagenet_per_class": imagenet_per_class,
+        "label_noise": label_noise,
         "bad": bad,
         "odd": odd,
     }
     with open(os.path.join(out_dir, "synthetic.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     return out_dir
+
+
+def _flip_labels(train_lines: list[str], classes: int, queries_per_class: int, images_per_query: int,
+                 fraction: float, seed: int) -> dict:
+    """Flip labels of `train_lines` (Google, in query order) in place; what label_noise.json holds."""
+    # Its own generator: the image bytes are the same with or without label noise.
+    rng = np.random.default_rng([seed, 13])
+    queries = classes * queries_per_class
+    flips = int(round(fraction * len(train_lines)))
+    # Round robin over the classes (in a random order), a random unchosen query of each, so no
+    # class loses its clean majority before every class has a noisy query.
+    per_class = [list(rng.permutation(queries_per_class)) for _ in range(classes)]
+    round_robin: list[int] = []
+    while any(per_class):
+        for label in rng.permutation(classes).tolist():
+            if per_class[label]:
+                round_robin.append(label * queries_per_class + int(per_class[label].pop()))
+    target = max(1, round(queries / 3))
+    picked: list[int] = []
+    for q in round_robin:
+        if len(picked) >= target and len(picked) * images_per_query >= flips:
+            break
+        picked.append(q)
+    candidates = np.concatenate([np.arange(q * images_per_query, (q + 1) * images_per_query) for q in picked])
+    chosen = np.sort(rng.choice(candidates, size=min(flips, len(candidates)), replace=False))
+    flipped = []
+    for i in chosen.tolist():
+        rel, true = train_lines[i].split()
+        label = (int(true) + int(rng.integers(1, classes))) % classes  # any class but the true one
+        train_lines[i] = f"{rel} {label}\n"
+        flipped.append({"index": i, "path": rel, "true": int(true), "label": label})
+    return {"fraction": fraction, "flipped_images": len(flipped),
+            "noisy_queries": sorted(f"q{q + 1:04d}" for q in picked), "flipped": flipped}
 
 
 def read_manifest(root: str) -> dict:
@@ -246,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-images", type=int, default=4, help="images of the unlabelled test set")
     p.add_argument("--imagenet-per-class", type=int, default=0,
                    help="also write ROOT/imagenet_val/<wnid>/*.JPEG (ILSVRC2012 val class-folder layout)")
+    p.add_argument("--label-noise", type=float, default=0.0, metavar="P",
+                   help="flip a fraction P of the Google training labels, planted in a third of the queries; "
+                        "ROOT/label_noise.json names them")
     p.add_argument(
         "--bad-files", action="store_true", help="plant unreadable and odd files for tests"
     )
@@ -254,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         root = make_webvision(
             a.out_dir, a.classes, a.queries_per_class, a.images_per_query, a.val_per_class,
             a.size, a.seed, a.bad_files, flickr_per_query=a.flickr_per_query,
-            test_images=a.test_images, imagenet_per_class=a.imagenet_per_class,
+            test_images=a.test_images, imagenet_per_class=a.imagenet_per_class, label_noise=a.label_noise,
         )
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -106,8 +106,8 @@ def train(out_dir: str, spec_path: str) -> int:
     """
     from core.config import TrainConfig
     from core.engine import Trainer
-    from core.events import (CheckpointSaved, EvalResult, RunError, RunFinished, RunStarted, RunState, StateChanged,
-                             StepStats)
+    from core.events import (CheckpointSaved, EvalResult, NoiseEstimate, RunError, RunFinished, RunStarted, RunState,
+                             StateChanged, StepStats)
 
     with open(spec_path) as f:
         spec = json.load(f)
@@ -117,7 +117,8 @@ def train(out_dir: str, spec_path: str) -> int:
     trainer: Trainer
 
     def sink(ev) -> None:
-        if isinstance(ev, (RunStarted, StateChanged, EvalResult, CheckpointSaved, RunError, RunFinished)):
+        if isinstance(ev, (RunStarted, StateChanged, EvalResult, CheckpointSaved, RunError, RunFinished,
+                           NoiseEstimate)):
             r = ev.to_record()
             r.pop("config", None)
             r.pop("summary", None)

@@ -393,7 +393,7 @@ async def test_the_help_lists_every_binding_and_follows_a_new_one():
             if binding.group is None:
                 assert rows[app.get_key_display(binding)] == binding.tooltip, binding
         # The pane keys share one row; the app's ctrl+c hides the screen's (copy text).
-        assert rows["1 2 3 4 5"].startswith("Panes: training")
+        assert rows["1 2 3 4 5 6"].startswith("Panes: training")
         assert rows["^c"].startswith("The quit dialog")
         assert {"v", "s", "tab", "shift+tab", "←", "→"} <= set(rows)
         assert len(help_screen.rows) == len(rows), "a key is listed twice"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -348,3 +349,31 @@ def test_one_rank_raising_ends_the_other_with_a_clear_message(tiny_root, tmp_pat
         assert "lost contact with the other ranks" in err0["message"]
     else:
         assert "SIGTERM" in proc.stderr or "Signal 15" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_2_ranks_record_every_sample_of_the_epoch_exactly_once_padding_dropped(tmp_path):
+    # 49 images on 2 ranks: 25 each, so the padded epoch holds sample order[0] twice.
+    root = make_webvision(str(tmp_path / "wv"), classes=7, queries_per_class=1, images_per_query=7,
+                          val_per_class=1, size=40, seed=0)
+    spec = {"config": tiny_config(root, tmp_path / "run", batch_size=5, tensorboard=False),
+            "commands": {"2": ["checkpoint"]}, "keep_manual_checkpoint": str(tmp_path / "manual.pt")}
+    proc, _, out = torchrun_trainer(tmp_path, "out", spec)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    from core.data import ResumableSampler
+
+    def rank_order(rank: int, count: int) -> list[int]:
+        sampler = ResumableSampler(49, seed=0, rank=rank, world_size=2)
+        sampler.set_epoch(0)
+        return sampler.indices()[:count].tolist()
+
+    assert len(set(rank_order(0, 25) + rank_order(1, 25))) == 49  # the whole epoch, one sample twice
+    z = np.load(tmp_path / "run" / "samples" / "epoch_000.npz")
+    assert z["index"].tolist() == list(range(49))
+    r0, r1 = read_ranks(out)
+    assert [(e["epoch"], e["samples"]) for e in events(r0, "NoiseEstimate")] == [(0, 49)]
+    assert events(r1, "NoiseEstimate") == []  # rank 0 alone tells and writes
+    # A checkpoint mid-epoch (rank 0 writes it) holds both ranks' first 2 steps.
+    saved = load_checkpoint(str(tmp_path / "manual.pt"))["samples"]
+    assert saved["epoch"] == 0
+    assert saved["index"].tolist() == sorted(rank_order(0, 10) + rank_order(1, 10))

@@ -117,7 +117,7 @@ PLAN = {
     "--rdzv_endpoint=node0.example.org:29500 --rdzv_id=wv-run-1 -m wvtui --root /data/webvision "
     "--out /shared/runs/wv16 --headless": MULTINODE,
     **{f"python bench/{name}.py": run(f"cd {{repo}} && python bench/{name}.py --help")
-       for name in ("index", "loader", "memory", "step", "engine", "console")},
+       for name in ("index", "loader", "memory", "step", "engine", "console", "noise")},
     "python -m core.synthetic OUT_DIR --classes 5 --queries-per-class 2 --images-per-query 20 --val-per-class 10 "
     "--size 96": run("python -m core.synthetic wv --classes 5 --queries-per-class 2 --images-per-query 20 "
                      "--val-per-class 10 --size 96 && test -f wv/info/val_filelist.txt"),
@@ -138,6 +138,15 @@ PLAN = {
         skip("a server that runs until stopped; tests/test_results_sinks.py reads the event files with "
              "tensorboard's own reader"),
     "ssh -L 6006:localhost:6006 server": skip("runs on the user's own machine, towards the GPU server"),
+    "wvtui noise runs/mini": run(f"wvtui --root {{root}} --out runs/mini --headless {TINY} > /dev/null && "
+                                 "wvtui noise runs/mini > noise.md && grep -q '### Noisiest queries' noise.md"),
+    "wvtui noise runs/mini --csv noise.csv":
+        run(f"wvtui --root {{root}} --out runs/mini --headless {TINY} > /dev/null && "
+            "wvtui noise runs/mini --csv noise.csv && "
+            "head -1 noise.csv | grep -qx 'index,path,label,query,loss,predicted,clean_prob'"),
+    "wvtui noise runs/mini --epoch 1 --csv -":
+        run(f"wvtui --root {{root}} --out runs/mini --headless {TINY} > /dev/null && "
+            "wvtui noise runs/mini --epoch 1 --csv - > rows.csv && test $(wc -l < rows.csv) -gt 1"),
     "python -m bench.gpu_check --smoke": skip("tests/test_gpu_check.py runs exactly this, into a temporary "
                                               "results file instead of bench/RESULTS.md"),
 }

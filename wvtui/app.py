@@ -30,6 +30,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from core.events import (CheckpointSaved, Command, EvalResult, Event, RunError, RunFinished, RunStarted,
                          RunState, RunWarning, StateChanged)
 
+from .frames import Frames
 from .messages import RunnerJoined, TelemetrySampleFailed, TrainerEvent
 from .pending import FEEDBACK, confirms
 from .widgets.accuracy_pane import AccuracyPane
@@ -37,6 +38,7 @@ from .widgets.dataset_pane import DatasetPane
 from .widgets.event_log import EventLog
 from .widgets.filter_table import FilterTable
 from .widgets.help_screen import HelpScreen
+from .widgets.noise_pane import NoisePane
 from .widgets.quit_screen import NO_SAVE, SAVE, QuitReason, QuitScreen
 from .widgets.status_line import StatusLine
 from .widgets.system_pane import SystemPane
@@ -46,7 +48,7 @@ from .widgets.training_pane import TrainingPane
 ENDED = {RunState.FINISHED, RunState.ERROR}
 WARNING_TOAST_INTERVAL_S = 30.0
 
-PANE_KEYS = Binding.Group("Panes: training, accuracy, GPU & host, dataset, event log")
+PANE_KEYS = Binding.Group("Panes: training, accuracy, GPU & host, dataset, log, noise")
 
 
 class TrainingApp(App):
@@ -69,6 +71,7 @@ class TrainingApp(App):
         Binding("3", "show_pane('system')", "GPU", show=False, group=PANE_KEYS),
         Binding("4", "show_pane('dataset')", "Dataset", show=False, group=PANE_KEYS),
         Binding("5", "show_pane('log')", "Log", show=False, group=PANE_KEYS),
+        Binding("6", "show_pane('noise')", "Noise", show=False, group=PANE_KEYS),
         Binding("slash", "filter_dataset", "Filter", show=False,
                 tooltip="Filter the dataset tables (enter or esc to leave)"),
     ]
@@ -137,6 +140,8 @@ class TrainingApp(App):
                 yield DatasetPane(id="dataset-pane")
             with TabPane("5 Log", id="log"):
                 yield EventLog(id="event-log")
+            with TabPane("6 Noise", id="noise"):
+                yield NoisePane(id="noise-pane")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -148,15 +153,17 @@ class TrainingApp(App):
         self.accuracy_pane = self.query_one(AccuracyPane)
         self.system_pane = self.query_one(SystemPane)
         self.dataset_pane = self.query_one(DatasetPane)
+        self.noise_pane = self.query_one(NoisePane)
         self.tabs = self.query_one("#panes", TabbedContent)
         # (pane, the tab it lives in, whether it holds charts); the status line is always shown.
         self._panes = [(self.status, None, False), (self.training_pane, "training", True),
                        (self.accuracy_pane, "accuracy", True), (self.system_pane, "system", False),
-                       (self.dataset_pane, "dataset", False)]
-        self._drawn_at: dict[int, float] = {}
+                       (self.dataset_pane, "dataset", False), (self.noise_pane, "noise", True)]
+        self._frames = Frames(self._panes, self._chart_interval, self._chart_budget)
         self._loop = asyncio.get_running_loop()
         if self.index is not None:
             self.dataset_pane.load_index(self.index)
+            self.noise_pane.load_index(self.index)
         self.system_pane.start(self._telemetry, self._telemetry_interval)
         # All drawing happens here, at most 1/frame_interval times a second, however fast events come.
         self.set_interval(self._frame_interval, self._redraw)
@@ -177,25 +184,7 @@ class TrainingApp(App):
             pass
 
     def _redraw(self) -> None:
-        # Panes in hidden tabs stay dirty and catch up on the first frame after they are shown,
-        # so a long run spends nothing on charts nobody is looking at.
-        active = self.tabs.active
-        now = time.monotonic()
-        for pane, tab, charts in self._panes:
-            if not (pane.is_attached and (tab is None or tab == active)):
-                continue
-            if pane.dirty:
-                pane.redraw()
-            if (charts and pane.chart_dirty
-                    and now - self._drawn_at.get(id(pane), float("-inf")) >= self._chart_wait(pane)):
-                self._drawn_at[id(pane)] = now
-                pane.redraw_chart()
-
-    def _chart_wait(self, pane: Any) -> float:
-        wait = self._chart_interval
-        if self._chart_budget:
-            wait = max(wait, pane.chart.build_seconds / self._chart_budget)
-        return wait
+        self._frames.draw(self.tabs.active)
 
     # -- trainer events --------------------------------------------------------------------------
 
@@ -204,7 +193,7 @@ class TrainingApp(App):
         event = message.event
         for tick in message.superseded:
             self.training_pane.apply(tick)
-        for pane in (self.status, self.training_pane, self.accuracy_pane, self.event_log):
+        for pane in (self.status, self.training_pane, self.accuracy_pane, self.event_log, self.noise_pane):
             pane.apply(event)
         if self.pending is not None and confirms(self.pending, event):
             self._set_pending(None)  # the trainer reports having done what the last key asked

@@ -41,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from wvtui import report
 
         return report.main(args[1:])
+    if args[:1] == ["noise"]:
+        from wvtui import noise_cmd
+
+        return noise_cmd.main(args[1:])
     bridge = SignalBridge()
     bridge.install()
     try:

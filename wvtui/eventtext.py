@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from core.events import (CheckpointSaved, ConfigChanged, EpochEnd, EvalResult, Event, RunError,
+from core.events import (CheckpointSaved, ConfigChanged, EpochEnd, EvalResult, Event, NoiseEstimate, RunError,
                          RunFinished, RunStarted, RunState, RunWarning, StateChanged)
 
 Segment = tuple[str, str]  # (text, Rich style; "" for none)
@@ -134,6 +134,12 @@ def _epoch_end(ev: EpochEnd) -> list[Line]:
     return [((f"Epoch[{ev.epoch + 1}] done in {ev.seconds:.1f}s", "bold"),)]
 
 
+def _noise(ev: NoiseEstimate) -> list[Line]:
+    return [((f"Noise (epoch {ev.epoch + 1}): ", "bold cyan"),
+             (f"clean {100.0 * ev.clean_fraction:.1f}% of {ev.samples:,} samples; "
+              f"means {ev.means[0]:.2f} / {ev.means[1]:.2f}", ""))]
+
+
 def _checkpoint(ev: CheckpointSaved) -> list[Line]:
     return [((f"Checkpoint ({ev.reason}) ", "bold blue"), (f"saved to {ev.path} in {ev.seconds:.2f}s", ""))]
 
@@ -169,6 +175,7 @@ _DESCRIBERS = {
     ConfigChanged: _config_changed,
     EvalResult: _eval,
     EpochEnd: _epoch_end,
+    NoiseEstimate: _noise,
     CheckpointSaved: _checkpoint,
     RunWarning: _warning,
     RunError: _error,

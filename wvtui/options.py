@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
       "(DIR/<wnid>/*.JPEG, or the flat release with its ground-truth file)")
     a("--no-tb", dest="tensorboard", action="store_false", default=None,
       help="do not write TensorBoard event files in OUT/tb/")
+    a("--no-samples", dest="record_samples", action="store_false", default=None,
+      help="do not record per-sample training losses and predictions (OUT/samples/, the noise pane, "
+      "wvtui noise)")
     a("--flickr", dest="use_flickr", action="store_true", default=None, help="also train on the Flickr images")
     a("--steps-per-epoch", dest="max_steps_per_epoch", type=_positive_int, metavar="N",
       help="cap the steps of each epoch (quick runs)")
