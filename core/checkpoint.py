@@ -13,7 +13,6 @@ import math
 import os
 import pickle
 import re
-import secrets
 import stat
 import time
 import zipfile
@@ -23,6 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from core.atomic import atomic_write
 from core.rng import capture_rng_state, restore_rng_state, rng_state_problem
 
 __all__ = [
@@ -67,49 +67,20 @@ def _refuse(path: str, reason: str) -> CheckpointError:
 
 # ---------------------------------------------------------------------------------- writing
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write `state` to `path` so that `path` is always either the old file or the complete new one.
-
-    The temp file lives in the same directory (os.replace is only atomic within a filesystem) and
-    is created with mode 0o666 less the umask, like any file the run writes. The directory is
-    fsynced after the rename so the new name survives a power cut. On failure the temp file is
-    removed, the previous file is untouched, and the exception propagates.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = _create_temp(directory, os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                torch.save(state, f)
-            except RuntimeError as e:
-                # torch's archive writer reports a failed write (disk full, quota, file size
-                # limit) as RuntimeError("unexpected pos ..."); the OSError behind it says why.
-                cause = _os_error_in(e)
-                if cause is None:
-                    raise
-                raise cause from e
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    """Write `state` to `path` so that `path` is always either the old file or the complete new
+    one (`core.atomic.atomic_write`: same-directory temp file, fsync, rename, fsync of the
+    directory; mode 0o666 less the umask). On failure the previous file is untouched and the
+    exception propagates: an OSError when the disk is full, whatever torch wraps it in."""
+    with atomic_write(path) as f:
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def _create_temp(directory: str, name: str) -> tuple[int, str]:
-    # Not mkstemp: it forces mode 0600, and a checkpoint is no more private than metrics.jsonl.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
+            torch.save(state, f)
+        except RuntimeError as e:
+            # torch's archive writer reports a failed write (disk full, quota, file size
+            # limit) as RuntimeError("unexpected pos ..."); the OSError behind it says why.
+            cause = _os_error_in(e)
+            if cause is None:
+                raise
+            raise cause from e
 
 
 def _os_error_in(e: BaseException | None) -> OSError | None:
@@ -120,19 +91,6 @@ def _os_error_in(e: BaseException | None) -> OSError | None:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms without directory fds (Windows)
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.atomic import atomic_write
 from core.events import EvalResult, Event, RunStarted
 
 __all__ = ["add_confusions", "per_class_acc1", "top_confusions", "EvalDetailsWriter", "EVALS_DIR"]
@@ -135,17 +136,6 @@ class EvalDetailsWriter:
         }
         if self.classes is not None:
             record["classes"] = self.classes
-        os.makedirs(self.dir, exist_ok=True)
-        path = self.path(ev.epoch, ev.step)
-        tmp = path + ".tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(record, f, allow_nan=False)
-                f.write("\n")
-            os.replace(tmp, path)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_write(self.path(ev.epoch, ev.step), "w", encoding="utf-8") as f:
+            json.dump(record, f, allow_nan=False)
+            f.write("\n")

@@ -25,6 +25,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from core.atomic import atomic_write
 from core.events import ConfigChanged, Event, RunFinished, RunStarted
 
 __all__ = ["RunLog", "read_metrics", "repair_torn_tail"]
@@ -109,19 +110,12 @@ class RunLog:
                       f"(later records are tried again, this warning is not repeated)")
 
     def _write_config(self) -> None:
-        tmp = self.config_path + ".tmp"
         try:
-            os.makedirs(self.out_dir, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
+            with atomic_write(self.config_path, "w", encoding="utf-8") as f:
                 json.dump(self._config, f, indent=2, sort_keys=True)
                 f.write("\n")
-            os.replace(tmp, self.config_path)
         except OSError as exc:
             self._failed(self.config_path, exc)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
     def _open(self) -> int:
         os.makedirs(self.out_dir, exist_ok=True)

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from core.atomic import atomic_write
 from core.events import EpochEnd, EvalResult, Event, RunStarted, StepStats
 
 __all__ = ["SummaryCsv", "COLUMNS", "IMAGENET_COLUMNS", "SUMMARY_CSV"]
@@ -138,17 +139,10 @@ class SummaryCsv:
         writer.writeheader()
         for epoch in sorted(self.rows):
             writer.writerow({c: _format(self.rows[epoch].get(c)) for c in columns})
-        tmp = self.path + ".tmp"
         try:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            with open(tmp, "w", encoding="utf-8", newline="") as f:
+            with atomic_write(self.path, "w", encoding="utf-8", newline="") as f:
                 f.write(buf.getvalue())
-            os.replace(tmp, self.path)
         except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             self._warn(f"cannot write {self.path}: {e.strerror or e}; the run goes on "
                        f"(later epochs are tried again, this warning is not repeated)")
 
