@@ -490,6 +490,10 @@ class BigIndex:
         self.queries = [QueryStats(query_id=f"q{q + 1:04d}", source="google", text=f"query text {q}",
                                    label=q % 1000, class_name=f"class number {q % 1000}", images=1000 + q)
                         for q in range(1632)]
+        # What the noise pane reads of an index (names, query folders, the image root).
+        self.root = "/data"
+        self.class_names = [c.name for c in self.classes]
+        self.query_ids = [q.query_id for q in self.queries]
 
     def class_stats(self):
         return self.classes
