@@ -21,8 +21,8 @@ from core.webvision import WebVisionIndex
 from helpers import Recorder, config, make_trainer, running
 from helpers import one_torch_thread, root  # noqa: F401 - fixtures
 
-NPZ_ARRAYS = {"index": np.int64, "loss": np.float16, "pred": np.int16, "clean_prob": np.float16,
-              "label": np.int16, "query": np.int64}
+NPZ_ARRAYS = {"index": np.int32, "loss": np.float16, "pred": np.int16, "clean_prob": np.float16,
+              "label": np.int16, "query": np.int32}
 
 
 # ----- the split ---------------------------------------------------------------------------------

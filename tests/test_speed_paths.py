@@ -153,49 +153,44 @@ def test_trainer_steps_get_uint8_and_the_model_gets_channels_last_under_autocast
         assert -2.2 < lo and hi < 2.7  # ImageNet-normalised, not 0..255
 
 
-class SlowStartModel(nn.Module):
-    """A tiny classifier whose first training step takes as long as a compile or cudnn's
-    autotuning would: time in which the loader's workers fill its buffer."""
+class CountingModel(nn.Module):
+    """A classifier that costs next to nothing and counts its training forwards."""
 
-    def __init__(self, num_classes: int, first_step_s: float = 2.0) -> None:
+    def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                  nn.Linear(4, num_classes))
-        self.first_step_s = first_step_s
+        self.forwards = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.first_step_s:
-            import time
-
-            time.sleep(self.first_step_s)  # a slow warm-up, not a wait for a condition
-            self.first_step_s = 0.0
+        self.forwards += self.training
         return self.net(x)
 
 
 @pytest.mark.slow
 def test_bench_timing_starts_from_a_drained_queue_so_an_input_bound_loop_shows_its_data_wait(tmp_path):
+    """The benchmark's timed window must not be served from the batches the workers buffered
+    during warm-up (issue 14, item 4): it first takes as many batches as the loader can hold
+    ready without computing them. Which ratio that gives is bench/step.py's to print, not a
+    test's to assert: here, the mechanism."""
     from bench.common import drain_steps, trainer_throughput, webvision_index
 
     # One worker decoding 256 px JPEGs feeds a model that needs almost no time: the loop is input-bound.
     index = webvision_index(str(tmp_path / "wv"), samples=32 * 24, short_side=256, classes=4, files=32)
     drain = drain_steps(workers=1, report_every=2)
     assert drain == 8  # 4 prefetched, 1 in the worker's hands, 2 hand-offs: 7, rounded up to the cadence
-
-    def run(drain_batches: int) -> dict:
-        cfg = TrainConfig(root=index.root, num_classes=4, epochs=1, batch_size=32, model="slow", image_size=32,
-                          workers=1, device="cpu", amp="off", out=str(tmp_path / f"run{drain_batches}"),
-                          report_every=2, report_interval_s=0.0, max_steps_per_epoch=2 + drain_batches + 8 + 2,
-                          max_val_batches=1)
-        return trainer_throughput(cfg, index, warmup=2, steps=8, drain=drain_batches,
-                                  model_factory=lambda name, n: SlowStartModel(n))
-
-    drained = run(drain)
-    buffered = run(0)
-    # From an empty queue the timed steps wait for their batches: data-wait is past bench.step's 5% target.
+    model = CountingModel(4)
+    steps = 2 + drain + 8 + 2
+    cfg = TrainConfig(root=index.root, num_classes=4, epochs=1, batch_size=32, model="counting", image_size=32,
+                      workers=1, device="cpu", amp="off", out=str(tmp_path / "run"), report_every=2,
+                      report_interval_s=0.0, max_steps_per_epoch=steps, max_val_batches=1)
+    drained = trainer_throughput(cfg, index, warmup=2, steps=8, drain=drain, model_factory=lambda name, n: model)
+    # The warm-up and the timed steps ran the model; the drained batches between them were taken
+    # from the loader but never computed (the run stops after the timed window).
+    assert model.forwards == 2 + 8
+    # From the emptied queue, a loop whose model costs nothing waits for each batch, and says so.
     assert drained["data_wait"] > 0.1, drained
-    # Timed right after the slow first step, the batches buffered meanwhile hide part of that wait.
-    assert buffered["data_wait"] < drained["data_wait"], (buffered, drained)
-    assert drained["flags"] == buffered["flags"]
+    assert drained["flags"] is not None
 
 
 @pytest.mark.slow
