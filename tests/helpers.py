@@ -218,3 +218,9 @@ class TensorDevices(TorchFunctionMode):
             if isinstance(t, torch.Tensor):
                 self.seen.add(t.device.type)
         return out
+
+
+# Console snapshots are taken at both sizes in the full suite; the fast loop keeps 80x24, the
+# size where a layout breaks first.
+SNAPSHOT_SIZES = [pytest.param((80, 24), id="80x24"),
+                  pytest.param((120, 40), id="120x40", marks=pytest.mark.slow)]

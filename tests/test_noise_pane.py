@@ -35,6 +35,7 @@ from wvtui.widgets.filter_table import FilterTable
 from wvtui.widgets.image_preview import image_widget_class
 from wvtui.widgets.noise_charts import clean_cut
 from wvtui.widgets.noise_pane import NO_INDEX, WAITING, NoisePane
+from helpers import SNAPSHOT_SIZES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # textual-image's own call, not ours.
@@ -138,6 +139,7 @@ def column(table: FilterTable, key: str) -> list:
     return [table.records[i][key] for i in table.shown]
 
 
+@pytest.mark.slow  # seconds of Pilot: the fast loop keeps the image and snapshot tests
 @asyncio_test
 async def test_key_6_shows_the_pane_and_a_line_before_the_first_estimate(index):
     app = make_app(index)
@@ -150,6 +152,7 @@ async def test_key_6_shows_the_pane_and_a_line_before_the_first_estimate(index):
         assert [round(ev.clean_fraction, 2) for ev in pane.estimates] == [0.52, 0.61, 0.64]
 
 
+@pytest.mark.slow  # seconds of Pilot: the fast loop keeps the key, image and snapshot tests
 @asyncio_test
 async def test_the_pane_redraws_on_the_frame_timer_not_per_event(index):
     app = make_app(index, frame_interval=3600.0)  # one frame at mount, then none in this test
@@ -166,6 +169,7 @@ async def test_the_pane_redraws_on_the_frame_timer_not_per_event(index):
         assert summary(pane).startswith("epoch 3: clean 64.0%")
 
 
+@pytest.mark.slow  # seconds of Pilot: the fast loop keeps the key, image and snapshot tests
 @asyncio_test
 async def test_tables_list_the_noisiest_first_and_sort_by_any_column(index):
     app = make_app(index)
@@ -187,6 +191,7 @@ async def test_tables_list_the_noisiest_first_and_sort_by_any_column(index):
         assert column(queries, "instead")[-1] == "--"  # query 1: no class predicted instead
 
 
+@pytest.mark.slow  # seconds of Pilot: the fast loop keeps the key, image and snapshot tests
 @asyncio_test
 async def test_selecting_a_query_lists_its_highest_loss_samples(index):
     app = make_app(index)
@@ -229,6 +234,7 @@ async def test_selecting_a_sample_shows_its_image_in_half_blocks(index):
         assert preview.image.size.height > 3  # it took the room below its caption
 
 
+@pytest.mark.slow  # seconds of Pilot: the fast loop keeps the key, image and snapshot tests
 @asyncio_test
 async def test_an_unreadable_image_is_said_not_raised(index, tmp_path):
     bad = tmp_path / "bad.jpg"
@@ -248,6 +254,7 @@ async def test_an_unreadable_image_is_said_not_raised(index, tmp_path):
         assert "cannot read gone.jpg" in str(pane.query_one("#preview-caption").render())
 
 
+@pytest.mark.slow  # seconds of Pilot: the fast loop keeps the key, image and snapshot tests
 @asyncio_test
 async def test_without_an_index_the_pane_says_why_there_is_no_image(index):
     app = make_app(None)  # a console attached to a run elsewhere: no dataset root here
@@ -321,6 +328,6 @@ def snapshot_run(index):
     return _run
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+@pytest.mark.parametrize("size", SNAPSHOT_SIZES)
 def test_noise_pane_snapshot(snap_compare, index, size):
     assert snap_compare(make_app(index), terminal_size=size, run_before=snapshot_run(index))

@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
 
 from core.data import ResumableSampler
 from core.events import Command, NoiseDetails, NoiseEstimate, StepStats
@@ -197,6 +196,8 @@ NOISY = dict(classes=4, queries_per_class=3, images_per_query=16, val_per_class=
 
 @pytest.mark.slow
 def test_the_split_finds_flipped_labels_and_the_planted_noisy_queries(tmp_path):
+    from sklearn.metrics import roc_auc_score  # here: a second of import the fast loop does not need
+
     root_dir = make_webvision(str(tmp_path / "wv"), **NOISY)
     truth = json.load(open(os.path.join(root_dir, "label_noise.json")))
     recorder = Recorder()

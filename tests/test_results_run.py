@@ -67,6 +67,7 @@ def test_a_run_and_its_resume_leave_one_curve_one_row_per_epoch_and_both_sets_sc
     assert max(s for s, _ in tb["train/loss"]) == 6
 
 
+@pytest.mark.slow  # starts wvtui
 def test_an_imagenet_val_dir_without_the_trained_synsets_is_one_line_and_exit_2(root, tmp_path):
     empty = tmp_path / "imagenet"
     (empty / "n99999999").mkdir(parents=True)

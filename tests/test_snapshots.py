@@ -20,6 +20,7 @@ from wvtui.app import TrainingApp
 from wvtui.messages import TrainerEvent
 from wvtui.widgets.help_screen import HelpScreen
 from wvtui.widgets.quit_screen import QuitScreen
+from helpers import SNAPSHOT_SIZES
 
 GiB = 1024**3
 STEPS_PER_EPOCH = 20
@@ -134,17 +135,17 @@ def run_before(index: WebVisionIndex, *keys: str, more: tuple = ()):
     return _run
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+@pytest.mark.parametrize("size", SNAPSHOT_SIZES)
 def test_main_screen(snap_compare, index, size):
     assert snap_compare(make_app(index), terminal_size=size, run_before=run_before(index))
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+@pytest.mark.parametrize("size", SNAPSHOT_SIZES)
 def test_dataset_pane(snap_compare, index, size):
     assert snap_compare(make_app(index), terminal_size=size, run_before=run_before(index, "4"))
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+@pytest.mark.parametrize("size", SNAPSHOT_SIZES)
 def test_accuracy_pane(snap_compare, index, size):
     assert snap_compare(make_app(index), terminal_size=size, run_before=run_before(index, "2"))
 
