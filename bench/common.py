@@ -285,3 +285,12 @@ def resolve_training_args(p, args, extra_defaults: dict | None = None) -> torch.
         p.error("--warmup and --steps must be multiples of --report-every (the trainer is timed by its reports)")
     set_threads(args, device)
     return device
+
+
+def print_run_header(args, device: torch.device) -> None:
+    """The machine and what the trainer benchmarks run, as their first lines."""
+    print(f"machine: {machine_line(device)}")
+    print(f"{args.model}, {args.image_size} px, batch {args.batch_size}, "
+          f"amp {resolve_amp(args.amp, device)}, {args.workers} workers, "
+          f"{torch.get_num_threads()} torch threads, {args.steps} timed steps after {args.warmup} "
+          f"and {drain_steps(args.workers, args.report_every)} drained batches\n")

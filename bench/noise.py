@@ -37,8 +37,7 @@ import torch  # noqa: E402
 from bench.common import (  # noqa: E402
     add_training_args,
     drain_steps,
-    machine_line,
-    resolve_amp,
+    print_run_header,
     resolve_training_args,
     set_speed_flags,
     sync,
@@ -153,11 +152,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args, device = parse_args(argv)
-    print(f"machine: {machine_line(device)}")
-    print(f"{args.model}, {args.image_size} px, batch {args.batch_size}, "
-          f"amp {resolve_amp(args.amp, device)}, {args.workers} workers, "
-          f"{torch.get_num_threads()} torch threads, {args.steps} timed steps after {args.warmup} "
-          f"and {drain_steps(args.workers, args.report_every)} drained batches\n")
+    print_run_header(args, device)
     try:
         m = measure(args, device)
     except NotInThisTree as e:
