@@ -28,6 +28,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from wvtui.options import OneLineParser
+
 __all__ = ["main", "EpochSamples", "NoiseError", "epoch_files", "load_samples", "group_rows",
            "write_csv", "render_summary"]
 
@@ -295,11 +297,6 @@ def render_summary(out: str, samples: EpochSamples, dataset: Dataset, top: int =
 # --------------------------------------------------------------------------- the command
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of argparse's usage block
-        self.exit(EXIT_USAGE, f"wvtui: error: {message} (see wvtui noise --help)\n")
-
-
 def _epoch(text: str) -> int:
     try:
         value = int(text)
@@ -311,7 +308,7 @@ def _epoch(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="wvtui noise", description=DESCRIPTION,
+    p = OneLineParser(prog="wvtui noise", description=DESCRIPTION,
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="CSV columns: index (into the run's train list), path (as in the train list, "
                 "relative to the dataset root; empty when the dataset is unavailable), label (the "

@@ -24,9 +24,11 @@ class UsageError(Exception):
     """Bad input found by the CLI itself; printed as one line, exit 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of argparse's usage block
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+class OneLineParser(argparse.ArgumentParser):
+    """argparse for every wvtui command: a bad argument is one line and exit 2, not a usage block."""
+
+    def error(self, message: str) -> None:
+        self.exit(EXIT_USAGE, f"wvtui: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -68,7 +70,7 @@ training had started)."""
 
 def build_parser() -> argparse.ArgumentParser:
     d = _DEFAULTS
-    p = _Parser(
+    p = OneLineParser(
         prog="wvtui",
         description="Train an image classifier on WebVision in a terminal console, or headless.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -16,7 +16,6 @@ lineage: the records an earlier process wrote after the checkpoint it resumed fr
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -29,6 +28,7 @@ from typing import Any
 from core.references import PROTOCOL_NOTE, REFERENCES
 from core.runlog import read_metrics
 from wvtui.eventtext import duration
+from wvtui.options import OneLineParser
 
 __all__ = ["main", "RunReport", "load_run", "render"]
 
@@ -235,13 +235,8 @@ def render(runs: Sequence[RunReport]) -> str:
     return "\n".join(out)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of argparse's usage block
-        self.exit(EXIT_USAGE, f"wvtui: error: {message} (see wvtui report --help)\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="wvtui report", description=__doc__.split("\n", 1)[0])
+    parser = OneLineParser(prog="wvtui report", description=__doc__.split("\n", 1)[0])
     parser.add_argument("runs", nargs="+", metavar="OUT", help="run directories (--out of a run)")
     try:
         args = parser.parse_args(argv)
