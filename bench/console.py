@@ -1,7 +1,9 @@
-"""What the console costs the trainer: steps/s of the same short run with and without the app.
+"""What the console costs the trainer: steps/s of the same short run with and without the app,
+and with 0 and with N consoles attached over the run's control socket.
 
     python bench/console.py [--steps 40] [--repeats 3] [--model resnet18] [--image-size 64]
                             [--batch-size 16] [--workers 2] [--device auto] [--report-every 10]
+                            [--attached 3]
     python -m bench.console --device cuda --model inception_resnet_v2 --image-size 299 --batch-size 128
 
 Both runs happen in this process on the same synthetic dataset (made once in a temp dir) with
@@ -12,22 +14,38 @@ Textual app with a headless driver, redraw timer and telemetry sampling on). Thr
 measured between the first and the last step report, so start-up and the end-of-epoch
 evaluation are left out of both. Runs alternate to spread drift; the medians are compared.
 Target: the console costs under 3% of the steps/s.
+
+Attached: the run is headless and serves its control endpoint, as every run does; "0 attached"
+trains with nobody connected, "N attached" starts N real `wvtui attach OUT` processes, each on
+its own pseudo-terminal (120x40, its output drained), waits until the endpoint counts N clients,
+then trains. Each N-attached run is paired with the 0-attached run just before it. Target: N=3
+consoles cost under 1% of the steps/s. The consoles' own CPU (other processes) is printed too:
+on a machine with fewer spare cores than consoles, that CPU is taken from the trainer's workers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import io
 import os
+import pty
 import statistics
+import struct
+import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 
+import psutil
+
 if __package__ in (None, ""):  # run as `python bench/console.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from bench.common import webvision_index  # noqa: E402
 from core.config import TrainConfig  # noqa: E402
@@ -36,6 +54,7 @@ from core.webvision import WebVisionIndex  # noqa: E402
 from wvtui.app import TrainingApp  # noqa: E402
 from wvtui.headless import HeadlessPrinter  # noqa: E402
 from wvtui.session import Session  # noqa: E402
+from wvtui.transport import LocalTransport  # noqa: E402
 
 
 class StepClock:
@@ -86,7 +105,7 @@ def run_headless(args, root, index, out) -> float:
 def run_console(args, root, index, out) -> tuple[float, float]:
     """(steps/s, CPU seconds the UI thread used per wall second)."""
     session, clock = make_session(args, root, index, out, headless=False)
-    app = TrainingApp(trainer=session.trainer, runner=session.runner, relay=session.relay, index=session.index)
+    app = TrainingApp(transport=LocalTransport(session), index=session.index)
     ui_cpu = 0.0
 
     async def drive() -> None:
@@ -106,6 +125,62 @@ def run_console(args, root, index, out) -> tuple[float, float]:
     return clock.steps_per_s(), ui_cpu / t_wall
 
 
+def _spawn_console(out: str, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """`wvtui attach OUT` on its own pseudo-terminal (120x40); the caller drains the master fd."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "wvtui", "attach", out], stdin=slave, stdout=slave,
+                            stderr=slave, env=env, start_new_session=True, close_fds=True)
+    os.close(slave)
+    return proc, master
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 65536):
+            pass
+    except OSError:  # EIO once the console has exited
+        pass
+
+
+def run_attached(args, root, index, out, consoles: int) -> tuple[float, float]:
+    """(steps/s with `consoles` attached, their CPU seconds per wall second, all together)."""
+    session, clock = make_session(args, root, index, out, headless=True)
+    session.relay.attach(HeadlessPrinter(io.StringIO()))
+    procs: list[subprocess.Popen] = []
+    env = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": REPO}
+    try:
+        for _ in range(consoles):
+            proc, master = _spawn_console(out, env)
+            procs.append(proc)
+            threading.Thread(target=_drain, args=(master,), daemon=True).start()
+        deadline = time.monotonic() + 120
+        while session.endpoint.clients < consoles:
+            dead = [p.pid for p in procs if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                raise SystemExit(f"only {session.endpoint.clients} of {consoles} consoles attached "
+                                 f"(exited: {dead or 'none'})")
+            time.sleep(0.05)
+        cpu0 = sum(_cpu(p.pid) for p in procs)
+        t0 = time.perf_counter()
+        session.run()
+        wall = time.perf_counter() - t0
+        cpu = sum(_cpu(p.pid) for p in procs) - cpu0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        session.close()
+    _completed(session, f"{consoles}-attached")
+    return clock.steps_per_s(), cpu / wall
+
+
+def _cpu(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=40)
@@ -120,6 +195,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-every", type=int, default=TrainConfig.report_every)
     p.add_argument("--report-interval-s", type=float, default=TrainConfig.report_interval_s)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--attached", type=int, default=3, help="consoles attached over the socket (0: skip)")
     args = p.parse_args(argv)
     if min(args.steps, args.repeats, args.batch_size, args.report_every, args.classes) < 1:
         p.error("--steps, --repeats, --batch-size, --report-every and --classes must be positive")
@@ -144,8 +220,15 @@ def measure(args: argparse.Namespace, log=print) -> dict:
             f"{args.workers} workers, device {args.device}, amp {args.amp}, report every {args.report_every} "
             f"steps / {args.report_interval_s}s; {len(index.train):,} train images")
         run_headless(args, root, index, os.path.join(tmp, "warmup"))  # first-touch costs, caches
-        headless, console, ui_load = [], [], []
+        headless, console, ui_load, served, attached, attached_cpu = [], [], [], [], [], []
         for i in range(args.repeats):
+            if args.attached:
+                served.append(run_attached(args, root, index, os.path.join(tmp, f"served{i}"), 0)[0])
+                steps, cpu = run_attached(args, root, index, os.path.join(tmp, f"attached{i}"), args.attached)
+                attached.append(steps)
+                attached_cpu.append(cpu)
+                log(f"  round {i + 1}: 0 attached {served[-1]:8.2f} steps/s   {args.attached} attached "
+                    f"{attached[-1]:8.2f} steps/s   consoles {100 * cpu:.1f}% of a core")
             headless.append(run_headless(args, root, index, os.path.join(tmp, f"headless{i}")))
             steps, load = run_console(args, root, index, os.path.join(tmp, f"console{i}"))
             console.append(steps)
@@ -155,8 +238,14 @@ def measure(args: argparse.Namespace, log=print) -> dict:
     # Each console run is paired with the headless run just before it, so slow drift in the
     # machine's load cancels in the ratio.
     ratio = statistics.median(ci / hi for ci, hi in zip(console, headless))
-    return {"headless": statistics.median(headless), "console": statistics.median(console), "ratio": ratio,
-            "cost_pct": 100.0 * (1.0 - ratio), "ui_load": statistics.median(ui_load), "repeats": args.repeats}
+    m = {"headless": statistics.median(headless), "console": statistics.median(console), "ratio": ratio,
+         "cost_pct": 100.0 * (1.0 - ratio), "ui_load": statistics.median(ui_load), "repeats": args.repeats}
+    if args.attached:
+        a_ratio = statistics.median(a / s for a, s in zip(attached, served))
+        m.update(served=statistics.median(served), attached=statistics.median(attached), attached_ratio=a_ratio,
+                 attached_cost_pct=100.0 * (1.0 - a_ratio), attached_cpu=statistics.median(attached_cpu),
+                 consoles=args.attached)
+    return m
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
           f"throughput ({'within' if cost < 3.0 else 'OVER'} the 3% target)")
     print(f"UI thread CPU: {100 * m['ui_load']:.1f}% of one core (median), the upper bound of "
           f"what the console can take from a CPU-bound trainer")
+    if args.attached:
+        n, a_cost = m["consoles"], m["attached_cost_pct"]
+        print(f"0 attached {m['served']:8.2f} steps/s, {n} attached {m['attached']:8.2f} steps/s (medians)")
+        print(f"{n} attached / 0 attached = {m['attached_ratio']:.3f} (median of paired rounds)  -> {n} consoles "
+              f"cost {a_cost:+.1f}% throughput ({'within' if a_cost < 1.0 else 'OVER'} the 1% target); "
+              f"the {n} console processes used {100 * m['attached_cpu']:.1f}% of a core together")
     return 0
 
 

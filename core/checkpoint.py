@@ -278,6 +278,8 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "config": (lambda x: isinstance(x, dict), "a dict"),
     "samples_in_epoch": (lambda x: _is_int(x) and x >= 0, "a non-negative integer"),
     "batch_size": (lambda x: _is_int(x) and x >= 1, "a positive integer"),
+    "elapsed_s": (lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0,
+                  "a finite number of seconds >= 0"),
     "bad_images": (lambda x: _is_int(x) and x >= 0, "a non-negative integer"),
     "bad_indices": (lambda x: isinstance(x, dict) and all(
         isinstance(k, str) and isinstance(v, list) and all(_is_int(i) for i in v) for k, v in x.items()),

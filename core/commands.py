@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import collections
 import threading
+from dataclasses import dataclass
 from typing import Callable
 
-from core.distributed import DistContext
+from core.distributed import COMMAND_SLOTS, DistContext
 from core.events import Command
 
-__all__ = ["CommandInbox", "PAUSE_POLL_S"]
+__all__ = ["CommandInbox", "Submitted", "PAUSE_POLL_S"]
 
 # While paused, the waiting thread wakes this often when it cannot rely on being notified:
 # a signal handler that runs on the trainer's own thread between its check and its wait
@@ -33,21 +34,33 @@ __all__ = ["CommandInbox", "PAUSE_POLL_S"]
 PAUSE_POLL_S = 0.5
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """One submitted command: `reason` names a checkpoint ("signal"), `value` is SET_LR's lr,
+    `token` is whatever the submitter matches the command's CommandApplied on."""
+
+    command: Command
+    reason: str | None = None
+    value: float | None = None
+    token: str | None = None
+
+
 class CommandInbox:
     """Local queue (`submit`) and agreed list (`gather`/`pop`); see the module docstring."""
 
     def __init__(self, dist: DistContext | None = None) -> None:
         self.dist = dist
-        self._local: collections.deque[tuple[Command, str | None]] = collections.deque()
-        self._agreed: collections.deque[tuple[Command, str | None]] = collections.deque()
+        self._local: collections.deque[Submitted] = collections.deque()
+        self._agreed: collections.deque[Submitted] = collections.deque()
         # Reentrant, so a signal handler that interrupts a submit() on the same thread can submit too.
         self._wake = threading.Condition(threading.RLock())
 
-    def submit(self, command: Command | str, reason: str | None = None) -> None:
+    def submit(self, command: Command | str, reason: str | None = None, *, value: float | None = None,
+               token: str | None = None) -> None:
         """Queue a command for the next step boundary; `reason` names a checkpoint (e.g. "signal")."""
-        command = Command(command)
+        item = Submitted(Command(command), reason, None if value is None else float(value), token)
         with self._wake:
-            self._local.append((command, reason))
+            self._local.append(item)
             self._wake.notify_all()
 
     @property
@@ -74,42 +87,62 @@ class CommandInbox:
             with self._wake:
                 if not self._local:
                     self._wake.wait(PAUSE_POLL_S if polled else None)
-        local: list[tuple[Command, str | None]] = []
-        while self._local:
+        if not self.exchanges:
+            while self._local:
+                self._agreed.append(self._local.popleft())
+            return
+        # Rank 0 sends at most COMMAND_SLOTS (the rest waits in its local queue for the next
+        # boundary), so the agreed list starts with exactly the items it sent, in order: their
+        # reasons and tokens stay here, the values travel.
+        local: list[Submitted] = []
+        while self._local and (not main or len(local) < COMMAND_SLOTS):
             local.append(self._local.popleft())
-        if self.exchanges:
-            commands = d.broadcast_commands([c for c, _ in local])
-            reasons: dict[Command, str | None] = {}
-            for c, r in local:
-                reasons.setdefault(c, r)
-            local = [(c, reasons.get(c)) for c in commands]
-        self._agreed.extend(local)
+        agreed = d.broadcast_commands([(s.command, s.value) for s in local])
+        if main:
+            extra = agreed[len(local):]  # raised locally on other ranks (a forwarded signal)
+            self._agreed.extend(local)
+            self._agreed.extend(Submitted(c, None, v) for c, v in extra)
+            return
+        reasons: dict[Command, str | None] = {}
+        for s in local:
+            reasons.setdefault(s.command, s.reason)
+        self._agreed.extend(Submitted(c, reasons.get(c), v) for c, v in agreed)
 
-    def pop(self) -> tuple[Command, str | None] | None:
+    def pop(self) -> Submitted | None:
         """The next agreed command, or None when the agreed list is empty."""
         return self._agreed.popleft() if self._agreed else None
 
-    def apply_at_boundary(self, apply: Callable[[Command, str | None], str | None]) -> str | None:
+    def drain(self) -> list[Submitted]:
+        """Every command not applied yet (agreed, then local): the run ended before them."""
+        with self._wake:
+            left = list(self._agreed) + list(self._local)
+            self._agreed.clear()
+            self._local.clear()
+        return left
+
+    def apply_at_boundary(self, apply: Callable[[Submitted], str | None]) -> str | None:
         """Gather (when needed) and apply every agreed command; a finish reason from `apply` ends it."""
         if self.exchanges or self._local:
             self.gather()
         while (item := self.pop()) is not None:
-            outcome = apply(*item)
+            outcome = apply(item)
             if outcome is not None:
                 return outcome
         return None
 
-    def hold(self, apply: Callable[[Command, str | None], str | None]) -> str | None:
+    def hold(self, apply: Callable[[Submitted], str | None], resumed: Callable[[Submitted], None]) -> str | None:
         """The pause: wait for commands and apply them until RESUME (None) or a finish reason.
 
-        Commands agreed after a RESUME at the same boundary stay queued for `apply_at_boundary`.
+        `resumed` is told the RESUME that ends the pause. Commands agreed after a RESUME at the
+        same boundary stay queued for `apply_at_boundary`.
         """
         while True:
             if not self._agreed:
                 self.gather(wait=True)
             while (item := self.pop()) is not None:
-                if item[0] is Command.RESUME:
+                if item.command is Command.RESUME:
+                    resumed(item)
                     return None
-                outcome = apply(*item)
+                outcome = apply(item)
                 if outcome is not None:
                     return outcome

@@ -6,7 +6,7 @@
     per_class_acc1(counts), top_confusions(counts, k=20)             # one host read at the end
 
 `EvalDetailsWriter` is a sink: for each EvalResult it writes
-OUT/evals/epoch_NNN_step_SSSSSSS.json (0-based epoch, as in metrics.jsonl) with the per-class
+OUT/evals/epoch_NNN_step_SSSSSSS.json (1-based epoch, as in metrics.jsonl) with the per-class
 Acc@1 and confusions of WebVision val and, when evaluated, ImageNet val.
 """
 

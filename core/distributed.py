@@ -61,12 +61,13 @@ from core.events import Command
 DEFAULT_TIMEOUT_S = 600.0
 TIMEOUT_ENV = "WVTUI_DIST_TIMEOUT_S"
 
-# Rank 0's commands travel as codes in a fixed number of ordered slots; a longer backlog waits
-# for the next step boundary. The tail holds one counter per command kind so that a command
+# Rank 0's commands travel as codes in a fixed number of ordered slots, each with a value slot
+# (the float64 bits of SET_LR's lr); a longer backlog waits for the next step boundary. The tail holds one counter per command kind so that a command
 # raised locally on another rank (a signal torchrun forwarded, say) is not lost.
 COMMAND_SLOTS = 8
 _COMMANDS = tuple(Command)
 _CODE = {c: i + 1 for i, c in enumerate(_COMMANDS)}
+_HAS_VALUE = 1 << 16  # or-ed into a slot's code when the value slot holds a value
 
 _ACTIVE: DistContext | None = None
 
@@ -139,7 +140,7 @@ class DistContext:
     timeout_s: float = DEFAULT_TIMEOUT_S
     _device: torch.device | None = None
     _control: Any = None  # gloo ProcessGroup for control messages
-    _backlog: list[Command] = field(default_factory=list)
+    _backlog: list[tuple[Command, float | None]] = field(default_factory=list)
     _closed: bool = False
 
     @property
@@ -267,30 +268,42 @@ class DistContext:
                 offset += b.numel()
 
     # ----- control messages -----------------------------------------------------------------
-    def broadcast_commands(self, commands: list[Command]) -> list[Command]:
-        """The commands every rank applies at this step boundary: rank 0's, in order.
+    def broadcast_commands(self, commands: list[Command | tuple[Command, float | None]]
+                           ) -> list[tuple[Command, float | None]]:
+        """The commands every rank applies at this step boundary: rank 0's, in order, each with
+        its value (SET_LR's lr; None for a command without one).
 
         Call once per step boundary on every rank. Commands given on other ranks are applied
-        too (once each, after rank 0's), so a signal delivered to any rank stops every rank at
-        the same step. Cost: one all-reduce of COMMAND_SLOTS + one integer per command kind
-        on the gloo group.
+        too (once each, after rank 0's, without a value), so a signal delivered to any rank
+        stops every rank at the same step. Cost: one all-reduce of 2 x COMMAND_SLOTS + one
+        integer per command kind on the gloo group; a value travels as the bits of its float64
+        (the other ranks add 0).
         """
+        items = [c if isinstance(c, tuple) else (c, None) for c in commands]
+        items = [(Command(c), None if v is None else float(v)) for c, v in items]
         if not self.enabled:
-            return list(commands)
-        codes = torch.zeros(COMMAND_SLOTS + len(_COMMANDS), dtype=torch.int64)
+            return items
+        codes = torch.zeros(2 * COMMAND_SLOTS + len(_COMMANDS), dtype=torch.int64)
+        kinds = 2 * COMMAND_SLOTS
         if self.is_main:
-            pending = self._backlog + list(commands)
+            pending = self._backlog + items
             send, self._backlog = pending[:COMMAND_SLOTS], pending[COMMAND_SLOTS:]
-            for i, c in enumerate(send):
-                codes[i] = _CODE[Command(c)]
+            for i, (c, v) in enumerate(send):
+                codes[i] = _CODE[c] | (_HAS_VALUE if v is not None else 0)
+                if v is not None:
+                    codes[COMMAND_SLOTS + i] = torch.tensor(v, dtype=torch.float64).view(torch.int64)
         else:
-            for c in commands:
-                codes[COMMAND_SLOTS + _CODE[Command(c)] - 1] = 1
+            for c, _ in items:
+                codes[kinds + _CODE[c] - 1] = 1
         self._collective("command exchange", dist.all_reduce, codes, group=self._control)
-        out = [_COMMANDS[int(v) - 1] for v in codes[:COMMAND_SLOTS].tolist() if v]
-        for i, count in enumerate(codes[COMMAND_SLOTS:].tolist()):
-            if count and _COMMANDS[i] not in out:
-                out.append(_COMMANDS[i])
+        out: list[tuple[Command, float | None]] = []
+        values = codes[COMMAND_SLOTS:kinds].view(torch.float64).tolist()
+        for i, code in enumerate(codes[:COMMAND_SLOTS].tolist()):
+            if code:
+                out.append((_COMMANDS[(code & ~_HAS_VALUE) - 1], values[i] if code & _HAS_VALUE else None))
+        for i, count in enumerate(codes[kinds:].tolist()):
+            if count and all(c is not _COMMANDS[i] for c, _ in out):
+                out.append((_COMMANDS[i], None))
         return out
 
     def broadcast_object(self, obj: Any) -> Any:

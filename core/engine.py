@@ -6,9 +6,9 @@
     trainer.submit(Command.PAUSE)   # from any thread; applied at the next step boundary
 
 The trainer talks only through events (`core.events`) given to `sink` and listens only to
-commands (`core.commands`), applied between optimizer steps: the run is always at a well-defined
-place when it pauses, evaluates or checkpoints, and a checkpoint taken there resumes to
-bit-identical weights on CPU. Under torchrun every rank runs this loop on the same agreed
+commands (`core.commands`), applied between optimizer steps and each confirmed by a
+CommandApplied once done: the run is always at a well-defined place when it pauses, evaluates
+or checkpoints, and a checkpoint taken there resumes to bit-identical weights on CPU. Under torchrun every rank runs this loop on the same agreed
 commands; only rank 0 writes files and emits events (other ranks: errors and their end).
 `_train` reads top to bottom: epochs, `train_one_epoch`, `_evaluate`, the per-sample split
 (core.sample_record, core.noise), `_save`. Other rooms: core.build (parts and the step),
@@ -18,6 +18,7 @@ core.meters, core.evaluate, core.commands, core.checkpoint, core.resume, core.ba
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 import traceback
@@ -31,11 +32,12 @@ from core.bad_images import BadImages
 from core.build import (RunData, RunModel, TrainStep, autocast_for, build_data, build_model_parts, load_index,
                         resolve_amp, seed_and_tune, use_device)
 from core.checkpoint import CheckpointError, CheckpointSaver
-from core.commands import CommandInbox
+from core.commands import CommandInbox, Submitted
 from core.config import TrainConfig
 from core.distributed import DistContext
 from core.evaluate import EvalTotals, Scores, evaluate
-from core.events import (CheckpointSaved, Command, EvalResult, Event, RunError, RunFinished,
+from core.events import (ALREADY_PAUSED, NOT_PAUSED, REFUSED, RUN_ENDED, SERVED_BY_EPOCH_EVAL, CheckpointSaved,
+                         Command, CommandApplied, EvalResult, Event, LearningRateSet, RunError, RunFinished,
                          RunStarted, RunState, RunWarning, Sink, StateChanged)
 from core.faults import nonfinite_error, nonfinite_message, one_line, oom_message, save_problem
 from core.meters import StepMeter
@@ -48,6 +50,10 @@ from core.webvision import WebVisionIndex
 __all__ = ["Trainer", "NONFINITE_ACTIONS"]
 
 NONFINITE_ACTIONS = ("pause", "stop")
+
+# The commands a front end submits and waits to see applied (CommandApplied); NONFINITE_STOPS
+# is the front end's own policy switch, not something a user asked for.
+_CONFIRMED = frozenset(Command) - {Command.NONFINITE_STOPS}
 
 ModelFactory = Callable[[str, int], nn.Module]
 
@@ -71,12 +77,17 @@ class Trainer:
         self.commands = CommandInbox(dist)
 
         self.state = RunState.STARTING
-        self.epoch = 0  # epoch in progress (0-based)
+        self.epoch = 0  # epochs completed = the 0-based epoch in progress (events say `epoch_no`)
         self.epoch_step = 0  # optimizer steps done in that epoch
         self.step = 0  # optimizer steps done in the whole run
         self.steps_per_epoch = self.total_steps = 0
         self.scores = Scores()  # best Acc@1/Acc@5 and every evaluation so far
         self.resumed_from: str | None = None
+        self.elapsed_before = 0.0  # seconds spent in earlier segments of a resumed run
+        self._due_evals: list[Submitted] = []  # EVALUATEs the epoch's own evaluation serves
+        self._epoch_eval_step: int | None = None  # the step of this process's latest end-of-epoch evaluation
+        self._resumed_by: Submitted | None = None  # the RESUME that ended the latest pause
+        self._save_detail = ""  # the latest write: its path, or what went wrong
         self.start_events: list[Event] = []  # told right after RunStarted (resume, data warnings)
         self.bad = BadImages()
         # Built by prepare().
@@ -95,9 +106,20 @@ class Trainer:
         self._prepared = False
 
     # ------------------------------------------------------------------ public surface
-    def submit(self, command: Command | str, *, reason: str | None = None) -> None:
-        """Queue a command for the next step boundary. `reason` names a checkpoint (e.g. "signal")."""
-        self.commands.submit(command, reason)
+    def submit(self, command: Command | str, *, reason: str | None = None, value: float | None = None,
+               token: str | None = None) -> None:
+        """Queue a command for the next step boundary. `reason` names a checkpoint (e.g. "signal"),
+        `value` is SET_LR's learning rate; the command's CommandApplied carries `token`."""
+        self.commands.submit(command, reason, value=value, token=token)
+
+    @property
+    def epoch_no(self) -> int:
+        """The 1-based epoch of the latest step (1 before any): what every event's `epoch` says.
+
+        Between epochs (the epoch's evaluation, checkpoint, a pause before the next epoch's first
+        step) that is the epoch just finished, so its evaluation and its checkpoint agree.
+        """
+        return self.epoch + 1 if self.epoch_step > 0 or self.epoch == 0 else self.epoch
 
     @property
     def is_main(self) -> bool:
@@ -133,7 +155,7 @@ class Trainer:
         self.start_events += [RunWarning(kind="imagenet_val", message=w) for w in self.data.imagenet_warnings]
         self.saver.remove_stale_temp_files()
         if cfg.record_samples and d.is_main:
-            drop_epoch_files_from(self.out_dir, self.epoch)
+            drop_epoch_files_from(self.out_dir, self.epoch + 1)  # the files of the epochs redone
         self.train_step = TrainStep.build(parts, d, self.amp, self.device, compile=cfg.compile)
         self._prepared = True
 
@@ -145,7 +167,7 @@ class Trainer:
         try:
             self.prepare()
             use_device(self.device)  # on this thread, which may not be the one that prepared
-            self.meter.start_run(t0)
+            self.meter.start_run(t0, before=self.elapsed_before)
             self._emit_started()
             self._set_state(RunState.RUNNING)
             reason = self._train()
@@ -192,7 +214,7 @@ class Trainer:
     def _set_state(self, state: RunState) -> None:
         if state != self.state:
             previous, self.state = self.state, state
-            self._emit(StateChanged(state=state, epoch=self.epoch, step=self.step, previous=previous))
+            self._emit(StateChanged(state=state, epoch=self.epoch_no, step=self.step, previous=previous))
 
     def _emit_started(self) -> None:
         cfg = self.config
@@ -202,14 +224,18 @@ class Trainer:
             config=resolved, summary=self.index.summary().to_dict(), device=device, model=cfg.model,
             num_params=self.num_params, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
             start_epoch=self.epoch, start_step=self.step, out_dir=self.out_dir, resumed_from=self.resumed_from,
-            amp=self.amp, world_size=self.dist.world_size,
+            amp=self.amp, world_size=self.dist.world_size, elapsed_s=self.elapsed_before,
         ))
         for event in self.start_events:  # the recipe changes of the resume, warnings
             self._emit(event)
 
     def _finish(self, reason: str) -> RunFinished:
         self._set_state(RunState.ERROR if reason == "error" else RunState.FINISHED)
-        ev = RunFinished(reason=reason, epoch=self.epoch, step=self.step, best_acc1=self.scores.best_acc1,
+        # Whoever waits for a command's CommandApplied must not wait forever.
+        for item in self._due_evals + self.commands.drain():
+            self._applied(item, RUN_ENDED)
+        self._due_evals = []
+        ev = RunFinished(reason=reason, epoch=self.epoch_no, step=self.step, best_acc1=self.scores.best_acc1,
                          best_acc5=self.scores.best_acc5, seconds=time.perf_counter() - self.meter.run_t0,
                          checkpoint_failed=self.saver.last_failed)
         self._emit(ev, always=True)
@@ -219,7 +245,6 @@ class Trainer:
     def _train(self) -> str:
         cfg = self.config
         while self.epoch < cfg.epochs:
-            epoch = self.epoch
             outcome = self.train_one_epoch()
             if outcome is not None:
                 return outcome
@@ -228,13 +253,17 @@ class Trainer:
                 # process has stepped the optimizer; the order across the two processes is right.
                 warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
                 self.scheduler.step()
-            self.epoch += 1
+            self.epoch += 1  # now the 1-based number of the epoch just finished
             self.epoch_step = 0
-            self._evaluate(manual=False, epoch=epoch, step=self.step)
-            for event in record_epoch(self.record, self.dist, self.index, epoch, self.step, self.out_dir):
+            self._evaluate(manual=False, epoch=self.epoch, step=self.step)
+            self._epoch_eval_step = self.step
+            for item in self._due_evals:
+                self._applied(item, SERVED_BY_EPOCH_EVAL)
+            self._due_evals = []
+            for event in record_epoch(self.record, self.dist, self.index, self.epoch, self.step, self.out_dir):
                 self._emit(event)  # the epoch's per-sample split (NoiseEstimate, NoiseDetails)
             self._save("last.pt", "epoch")
-            self._emit(self.meter.epoch_end(epoch, self.step))
+            self._emit(self.meter.epoch_end(self.epoch, self.step))
         return "completed"
 
     def train_one_epoch(self) -> str | None:
@@ -282,7 +311,7 @@ class Trainer:
         end_of_epoch = self.epoch_step >= self.steps_per_epoch
         if self.meter.due(0.0 if self._nonfinite_reads or end_of_epoch else cfg.report_interval_s):
             self._emit(self.meter.report(
-                epoch=self.epoch, step=self.step, epoch_step=self.epoch_step, steps_per_epoch=self.steps_per_epoch,
+                epoch=self.epoch_no, step=self.step, epoch_step=self.epoch_step, steps_per_epoch=self.steps_per_epoch,
                 total_steps=self.total_steps, epochs_left=cfg.epochs - self.epoch,
                 lr=float(self.optimizer.param_groups[0]["lr"]), bad_images=self.bad.count,
             ))
@@ -290,7 +319,7 @@ class Trainer:
     def _on_nonfinite(self, *, latest: bool = False) -> str | None:
         """After `nonfinite_patience` non-finite reads: pause or stop, as the policy says. A run
         whose latest read was not finite (latest=True) ends failed, however it ended."""
-        what = nonfinite_message(reads=None if latest else self.config.nonfinite_patience, epoch=self.epoch,
+        what = nonfinite_message(reads=None if latest else self.config.nonfinite_patience, epoch=self.epoch_no,
                                  step=self.step, lr=self.optimizer.param_groups[0]["lr"])
         if not latest and self.nonfinite_action == "pause":
             self._emit(RunWarning(kind="nonfinite", message=f"{what}; paused. Lower --lr or resume from the last checkpoint."))
@@ -302,46 +331,103 @@ class Trainer:
     # ------------------------------------------------------------------ commands
     def _apply_commands(self) -> str | None:
         """Apply the commands agreed at this step boundary; a finish reason ends the run."""
-        return self.commands.apply_at_boundary(lambda command, reason: self._apply(command, reason, paused=False))
+        return self.commands.apply_at_boundary(lambda item: self._apply(item, paused=False))
 
-    def _apply(self, command: Command, reason: str | None, *, paused: bool) -> str | None:
+    def _applied(self, item: Submitted, detail: str = "") -> None:
+        if item.command in _CONFIRMED:
+            self._emit(CommandApplied(command=item.command.value, epoch=self.epoch_no, step=self.step,
+                                      token=item.token, detail=detail))
+
+    def _apply(self, item: Submitted, *, paused: bool) -> str | None:
+        command, reason = item.command, item.reason
         if command is Command.PAUSE:
-            return None if paused else self._pause()
+            if paused:
+                self._applied(item, ALREADY_PAUSED)
+                return None
+            return self._pause(item)
         if command is Command.RESUME:
+            self._applied(item, NOT_PAUSED)  # a RESUME that ends a pause is told by _pause
             return None
         if command is Command.NONFINITE_STOPS:
             self.nonfinite_action = "stop"
+            return None
+        if command is Command.SET_LR:
+            self._set_lr(item)
             return None
         if command in (Command.STOP, Command.STOP_NO_SAVE):
             self._set_state(RunState.STOPPING)
             # A failed final write means the stop did not keep the progress: that is an error.
             saved = command is Command.STOP_NO_SAVE or self._save("last.pt", reason or "stop") != "failed"
+            self._applied(item, "without a checkpoint" if command is Command.STOP_NO_SAVE else self._save_detail)
             return "stopped" if saved else "error"
+        if command is Command.EVALUATE and self._epoch_eval_was_here():
+            # Pressed while the epoch's own evaluation ran: it scored these very weights.
+            self._applied(item, SERVED_BY_EPOCH_EVAL)
+            return None
+        if command is Command.EVALUATE and self._epoch_eval_is_near():
+            # The epoch's own evaluation comes within a report window: one evaluation serves both.
+            self._due_evals.append(item)
+            return None
         t0 = time.perf_counter()
         if command is Command.CHECKPOINT:
             self._save("last.pt", reason or "manual")
+            self._applied(item, self._save_detail)
         elif command is Command.EVALUATE:
-            self._evaluate(manual=True, epoch=self.epoch, step=self.step)
+            self._evaluate(manual=True, epoch=self.epoch_no, step=self.step)
+            self._applied(item)
         else:
             raise ValueError(f"unknown command {command!r}")
         if not paused:  # while paused, _pause counts the whole pause as idle
             self.meter.add_idle(time.perf_counter() - t0)
         return None
 
-    def _pause(self) -> str | None:
+    def _epoch_eval_was_here(self) -> bool:
+        """Whether this process's latest end-of-epoch evaluation scored the weights of this step.
+        (A resumed run evaluates when asked: the user may want the checkpoint's weights scored.)"""
+        return self._epoch_eval_step == self.step
+
+    def _epoch_eval_is_near(self) -> bool:
+        """Whether the epoch's own evaluation is at most a report window of steps away."""
+        return self.steps_per_epoch - self.epoch_step <= max(1, self.config.report_every)
+
+    def _set_lr(self, item: Submitted) -> None:
+        """Every parameter group's lr becomes the value, from the next step on. MultiStepLR is
+        chainable (it multiplies the lr in effect by gamma at each milestone), so later milestones
+        scale the new value; a checkpoint keeps it, and so does a resume with unchanged --lr."""
+        new = item.value
+        if new is None or not math.isfinite(new) or new <= 0:
+            self._applied(item, f"{REFUSED}the learning rate must be a finite number > 0, got {new!r}")
+            return
+        old = float(self.optimizer.param_groups[0]["lr"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = new
+        self.scheduler._last_lr = [new for _ in self.optimizer.param_groups]  # what get_last_lr() says
+        self._emit(LearningRateSet(epoch=self.epoch_no, step=self.step, old=old, new=new))
+        self._applied(item, f"lr {old:g} -> {new:g}")
+
+    def _pause(self, item: Submitted | None = None) -> str | None:
         """Hold the run at this step boundary until RESUME or a stop; other commands still apply."""
         t0 = time.perf_counter()
         self._set_state(RunState.PAUSED)
+        if item is not None:
+            self._applied(item)
+        self._resumed_by = None
         try:
-            outcome = self.commands.hold(self._apply_while_paused)
+            outcome = self.commands.hold(self._apply_while_paused, self._on_resume)
         finally:
             self.meter.add_idle(time.perf_counter() - t0)
         if outcome is None:
             self._set_state(RunState.RUNNING)
+            if self._resumed_by is not None:
+                self._applied(self._resumed_by)
+                self._resumed_by = None
         return outcome
 
-    def _apply_while_paused(self, command: Command, reason: str | None) -> str | None:
-        outcome = self._apply(command, reason, paused=True)
+    def _on_resume(self, item: Submitted) -> None:
+        self._resumed_by = item
+
+    def _apply_while_paused(self, item: Submitted) -> str | None:
+        outcome = self._apply(item, paused=True)
         if outcome is None:
             self._set_state(RunState.PAUSED)  # back from evaluating or checkpointing
         return outcome
@@ -394,8 +480,9 @@ class Trainer:
         with self._in_state(RunState.CHECKPOINTING):
             outcome = self.saver.save(name, lambda: training_state(self, cuda_rng, samples), self.model)
             problem = save_problem(outcome, name, previous_kept=self.saver.exists(name))
-            self._emit(problem or CheckpointSaved(path=outcome.path, reason=reason, epoch=self.epoch, step=self.step,
+            self._emit(problem or CheckpointSaved(path=outcome.path, reason=reason, epoch=self.epoch_no, step=self.step,
                                                   seconds=outcome.seconds), always=isinstance(problem, RunError))
+            self._save_detail = outcome.path if problem is None else problem.message
         return outcome.status
 
     # ------------------------------------------------------------------ faults

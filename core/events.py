@@ -26,6 +26,7 @@ class Command(str, enum.Enum):
     EVALUATE = "evaluate"
     STOP = "stop"  # checkpoint, then end the run
     STOP_NO_SAVE = "stop_no_save"  # end the run without a final checkpoint
+    SET_LR = "lr"  # value = the new learning rate of every parameter group
     # Nobody is left to resume a pause (the terminal hung up): a non-finite loss now stops.
     NONFINITE_STOPS = "nonfinite_stops"
 
@@ -113,12 +114,13 @@ class RunStarted(Event):
     num_params: int
     steps_per_epoch: int
     total_steps: int
-    start_epoch: int
+    start_epoch: int  # epochs completed before this segment (0 for a fresh run)
     start_step: int
     out_dir: str
     resumed_from: str | None = None
     amp: str = "off"
     world_size: int = 1
+    elapsed_s: float = 0.0  # time spent in earlier segments of a resumed run
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class StateChanged(Event):
 
     RECORD: ClassVar[str] = "state"
     state: RunState
-    epoch: int
+    epoch: int  # 1-based: the epoch of the latest step (1 before any)
     step: int
     previous: RunState | None = None
 
@@ -145,7 +147,7 @@ class ConfigChanged(Event):
 @dataclass(frozen=True)
 class StepStats(Event):
     RECORD: ClassVar[str] = "train"
-    epoch: int  # 0-based
+    epoch: int  # 1-based: the epoch in progress (the first epoch is 1)
     step: int  # global optimizer steps done
     epoch_step: int  # steps done in this epoch
     steps_per_epoch: int
@@ -157,14 +159,14 @@ class StepStats(Event):
     data_wait: float  # fraction of the window's wall time spent waiting for input, 0..1
     eta_epoch_s: float
     eta_run_s: float
-    elapsed_s: float
+    elapsed_s: float  # the whole run's, earlier segments of a resumed run included
     bad_images: int  # total so far
 
 
 @dataclass(frozen=True)
 class EvalResult(Event):
     RECORD: ClassVar[str] = "eval"
-    epoch: int
+    epoch: int  # 1-based: the epoch just finished (end of epoch) or in progress (manual)
     step: int
     loss: float
     acc1: float  # percent
@@ -191,7 +193,7 @@ class EvalResult(Event):
 @dataclass(frozen=True)
 class EpochEnd(Event):
     RECORD: ClassVar[str] = "epoch"
-    epoch: int
+    epoch: int  # 1-based: the epoch just finished
     step: int
     seconds: float
     img_per_s: float
@@ -202,7 +204,7 @@ class CheckpointSaved(Event):
     RECORD: ClassVar[str] = "checkpoint"
     path: str
     reason: str  # epoch | manual | stop | signal | hangup | best
-    epoch: int
+    epoch: int  # 1-based: the epoch just finished (reason "epoch") or the one in progress
     step: int
     seconds: float
 
@@ -243,14 +245,14 @@ class NoiseEstimate(Event):
     (DivideMix's two-component Gaussian mixture on min-max normalised losses)."""
 
     RECORD: ClassVar[str] = "noise"
-    epoch: int  # 0-based, the epoch the losses come from
+    epoch: int  # 1-based, the epoch the losses come from
     step: int
     samples: int  # training samples recorded in the epoch (all ranks)
     clean_fraction: float  # mean clean probability
     means: tuple[float, ...]  # (clean, noisy) component means, on normalised loss
     variances: tuple[float, ...]
     weights: tuple[float, ...]
-    path: str  # OUT/samples/epoch_NNN.npz
+    path: str  # OUT/samples/epoch_NNN.npz (NNN: the 1-based epoch)
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,42 @@ class NoiseDetails(Event):
     classes: tuple[tuple[Any, ...], ...]
     queries: tuple[tuple[Any, ...], ...]
     worst: tuple[tuple[Any, ...], ...]
+
+
+# CommandApplied.detail of a command that did nothing, or not by itself ("refused: why" too).
+NOT_PAUSED = "not paused"
+ALREADY_PAUSED = "already paused"
+SERVED_BY_EPOCH_EVAL = "served by the end-of-epoch evaluation"
+RUN_ENDED = "the run ended before it was applied"
+REFUSED = "refused: "
+
+
+@dataclass(frozen=True)
+class CommandApplied(Event):
+    """One per submitted command once the trainer applied it (an audit trail of who did what).
+
+    pause: once paused; checkpoint: after the write (detail: the path or the failure); evaluate:
+    after its EvalResult; stop: after the final checkpoint, before RunFinished; a no-op (resume
+    while running) or a refusal says so in `detail`.
+    """
+
+    RECORD: ClassVar[str] = "command"
+    command: str  # a Command value: "pause", "checkpoint", "lr", ...
+    epoch: int
+    step: int
+    token: str | None = None  # what submit() was given: whoever submitted matches on it
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class LearningRateSet(Event):
+    """Every parameter group's lr was set by a command (Command.SET_LR)."""
+
+    RECORD: ClassVar[str] = "lr_set"
+    epoch: int
+    step: int
+    old: float
+    new: float
 
 
 Sink = Callable[[Event], None]

@@ -26,7 +26,7 @@ def one_line(e: BaseException) -> str:
 
 def oom_message(t: Trainer) -> str:
     """Out of memory in trainer `t`: the batch size to try, and the checkpoint to continue from."""
-    batch_size, epoch, step = t.config.batch_size, t.epoch, t.step
+    batch_size, epoch, step = t.config.batch_size, t.epoch_no, t.step
     where = f" on {t.device}" if t.device.type == "cuda" else ""
     per = " per GPU" if t.dist.world_size > 1 else ""
     last = os.path.join(t.checkpoint_dir, "last.pt")

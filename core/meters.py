@@ -32,6 +32,7 @@ class StepMeter:
         self.device = device
         self.images_per_step = images_per_step  # batch size x ranks
         self.run_t0 = time.perf_counter()
+        self.elapsed_before = 0.0  # seconds of earlier segments of a resumed run
         self.step_time: float | None = None  # smoothed seconds per step
         self.eval_seconds = 0.0  # the latest end-of-epoch evaluation, for the run's ETA
         self.latest_loss = 0.0  # mean loss of the latest read (0.0 before any)
@@ -52,9 +53,15 @@ class StepMeter:
         self.epoch_steps = 0
         self.epoch_train_s = 0.0
 
-    def start_run(self, t0: float) -> None:
-        """The run's clock starts at perf_counter() value t0 (the elapsed time of the reports)."""
+    def start_run(self, t0: float, before: float = 0.0) -> None:
+        """The run's clock starts at perf_counter() value t0, `before` seconds into the run (the
+        earlier segments of a resumed run): the elapsed time of the reports."""
         self.run_t0 = t0
+        self.elapsed_before = before
+
+    def elapsed(self, now: float | None = None) -> float:
+        """Seconds of the whole run so far, earlier segments included."""
+        return self.elapsed_before + (time.perf_counter() if now is None else now) - self.run_t0
 
     def start_epoch(self) -> None:
         """A fresh window and epoch clock; drops whatever device tensors the window held."""
@@ -122,7 +129,7 @@ class StepMeter:
             data_wait=min(1.0, max(0.0, self.window_wait / active)) if active > 0 else 0.0,
             eta_epoch_s=(steps_per_epoch - epoch_step) * st,
             eta_run_s=(total_steps - step) * st + epochs_left * self.eval_seconds,
-            elapsed_s=now - self.run_t0, bad_images=bad_images,
+            elapsed_s=self.elapsed(now), bad_images=bad_images,
         )
         self.window_loss = 0.0
         self.window_steps = 0

@@ -2,7 +2,7 @@
 
 `fit_split` is DivideMix's `eval_train`: a two-component Gaussian mixture on min-max normalised
 losses, the clean probability being the posterior of the lower-mean component. `epoch_events`
-writes OUT/samples/epoch_NNN.npz (atomically) and builds the NoiseEstimate and NoiseDetails
+writes OUT/samples/epoch_NNN.npz (atomically; NNN: the 1-based epoch) and builds the NoiseEstimate and NoiseDetails
 events: per class and per Google query, the clean fraction (mean clean probability), the mean
 loss and the class predicted most often instead; the loss histogram; the highest-loss samples.
 """
@@ -80,18 +80,26 @@ def epoch_path(out_dir: str, epoch: int) -> str:
 
 
 def drop_epoch_files_from(out_dir: str, epoch: int) -> None:
-    """Remove OUT/samples/epoch_NNN.npz for NNN >= epoch: a run starting (or resuming) there
-    writes them anew, and files left by an overwritten run, or by a process that went past the
-    checkpoint it is resumed from, must not be read as this run's."""
+    """Remove OUT/samples/epoch_NNN.npz for NNN >= epoch (1-based): a run starting (or resuming)
+    there writes them anew, and files left by an overwritten run, or by a process that went past
+    the checkpoint it is resumed from, must not be read as this run's.
+
+    A run written before the one epoch numbering named the first epoch's file epoch_000.npz: its
+    files are first renamed to the 1-based names, so a resumed run continues one sequence.
+    """
     directory = os.path.dirname(epoch_path(out_dir, 0))
     try:
         names = os.listdir(directory)
     except OSError:
         return
-    for name in names:
-        m = re.fullmatch(r"epoch_(\d+)\.npz", name)
-        if m and int(m.group(1)) >= epoch:
-            os.unlink(os.path.join(directory, name))
+    files = {int(m.group(1)): os.path.join(directory, n) for n in names if (m := re.fullmatch(r"epoch_(\d+)\.npz", n))}
+    if 0 in files:
+        for e in sorted(files, reverse=True):  # the highest first: no rename onto a file not yet moved
+            os.replace(files[e], epoch_path(out_dir, e + 1))
+        files = {e + 1: epoch_path(out_dir, e + 1) for e in files}
+    for e, path in files.items():
+        if e >= epoch:
+            os.unlink(path)
 
 
 def write_epoch_file(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -173,7 +181,7 @@ def epoch_events(samples: Samples, index: WebVisionIndex, *, epoch: int, step: i
 
 def record_epoch(record: SampleRecord, dist: DistContext | None, index: WebVisionIndex, epoch: int, step: int,
                  out_dir: str) -> list[Event]:
-    """After epoch `epoch`: its record gathered from every rank (a collective) and cleared; on
+    """After epoch `epoch` (1-based): its record gathered from every rank (a collective) and cleared; on
     rank 0, the split written and told. [] on other ranks and when the run does not record."""
     samples = record.gather(dist)
     record.clear()

@@ -82,6 +82,7 @@ def training_state(t: Trainer, cuda_rng: list[torch.Tensor] | None,
         "epoch_step": t.epoch_step,  # optimizer steps done in `epoch`
         "samples_in_epoch": t.epoch_step * cfg.batch_size * d.world_size,  # over all ranks
         "batch_size": cfg.batch_size, "world_size": d.world_size, "rng": rng,
+        "elapsed_s": t.meter.elapsed(),  # the run's time so far, earlier segments included
         "best_acc1": t.scores.best_acc1, "best_acc5": t.scores.best_acc5, "history": list(t.scores.history),
         # So that a resumed run does not count (and warn about) the same files again.
         **t.bad.state(),
@@ -98,13 +99,14 @@ def restore_training_state(t: Trainer, parts: RunModel, path: str, state: dict[s
     t.epoch, t.step, t.epoch_step = resume_position(state, cfg.batch_size, d.world_size, t.steps_per_epoch)
     t.resume_samples = min(t.epoch_step * cfg.batch_size, t.data.train_sampler.per_rank)
     t.scores = Scores(float(state["best_acc1"]), float(state["best_acc5"]), state["history"])
+    t.elapsed_before = float(state.get("elapsed_s", 0.0))  # older checkpoints did not keep it
     t.bad.load(state)
     t.record.restore(state.get("samples"), t.epoch, path)
     rng = dict(state["rng"])
     rng["cuda"], warning = own_cuda_rng(rng.get("cuda"), d.rank, d.world_size)
     restore_rng_state(rng, t.device)
     t.resumed_from = os.path.abspath(path)
-    events: list[Event] = [ConfigChanged(epoch=t.epoch, step=t.step, changes=changes)] if changes else []
+    events: list[Event] = [ConfigChanged(epoch=t.epoch_no, step=t.step, changes=changes)] if changes else []
     if warning is not None and t.device.type == "cuda":
         events.append(RunWarning(kind="resume", message=warning))
     return events

@@ -2,7 +2,8 @@
 
 `RunLog` is a sink that writes what events say: every event whose class is `LOGGED` becomes
 one line of metrics.jsonl, `event.to_record()` as JSON (its `"event"` key is the class's
-`RECORD`: "started", "state", "train", "eval", "epoch", "checkpoint", ...). Each line goes to
+`RECORD`: "started", "state", "train", "eval", "epoch", "checkpoint", ...) plus `"time"`, the unix
+time it was written. Each line goes to
 the file in one `write` on an append-only descriptor, so `tail -f` follows a live run and a
 reader never sees half a record unless the process died inside that write.
 
@@ -23,12 +24,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any, Callable
 
 from core.atomic import atomic_write
 from core.events import ConfigChanged, Event, RunFinished, RunStarted
 
-__all__ = ["RunLog", "read_metrics", "repair_torn_tail"]
+__all__ = ["RunLog", "read_metrics", "repair_torn_tail", "epoch_of"]
 
 
 def _stderr(message: str) -> None:
@@ -93,7 +95,9 @@ class RunLog:
                 self._config[name] = new
             self._write_config()
         if type(event).LOGGED:
-            self._append(json.dumps(event.to_record(), allow_nan=False) + "\n")
+            # "time": when it was logged (unix seconds), for the log pane's stamps on a replay;
+            # event_from_record ignores it like any key that is not a field.
+            self._append(json.dumps({**event.to_record(), "time": time.time()}, allow_nan=False) + "\n")
         if isinstance(event, RunFinished):
             self.close()
 
@@ -161,3 +165,24 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return out
+
+
+# Records whose `epoch` an older wvtui (before the one 1-based numbering) wrote counted from 0;
+# its ends ("completed" runs, epoch checkpoints) already said the number of epochs done.
+_ZERO_BASED = {"train", "eval", "epoch", "noise", "state", "config_change", "finished", "checkpoint"}
+
+
+def epoch_of(record: dict[str, Any]) -> int | None:
+    """The 1-based epoch of a metrics.jsonl record, None when it has none.
+
+    Lines written since the one epoch numbering carry "time" and say it as it is; older lines
+    (no "time") counted from 0 and are moved up by one.
+    """
+    epoch = record.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        return None
+    if "time" in record or record.get("event") not in _ZERO_BASED:
+        return epoch
+    if (record.get("event"), record.get("reason")) in (("finished", "completed"), ("checkpoint", "epoch")):
+        return epoch
+    return epoch + 1

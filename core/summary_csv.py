@@ -2,7 +2,9 @@
 
     epoch,train_loss,eval_loss,eval_top1,eval_top5,lr[,imagenet_top1,imagenet_top5]
 
-`epoch` is 0-based, as in timm and metrics.jsonl. train_loss is the epoch's mean training loss
+`epoch` is 1-based, as metrics.jsonl and the console count (the first epoch is 1): this differs
+from timm's summary.csv, whose epochs count from 0. (A file written before wvtui's one epoch
+numbering has a row 0; it is renumbered when a resumed run reads it.) train_loss is the epoch's mean training loss
 (the StepStats windows weighted by their steps), lr the learning rate its last steps used, the
 eval_* columns the epoch's scheduled WebVision val evaluation (a manual one only when there is
 no scheduled one), imagenet_* the ImageNet val scores of the same evaluation; the imagenet
@@ -11,7 +13,7 @@ columns appear once any row has them.
 `SummaryCsv(out_dir)` is a sink. The file is rewritten whole (temp file + rename) at each
 epoch's end and when a later evaluation of a finished epoch arrives, so a reader never sees half
 a file. A resumed run reads the existing file at RunStarted and keeps the rows of the epochs its
-checkpoint holds (those before `start_epoch`); the rest are rewritten as the run redoes them.
+checkpoint holds (up to `start_epoch`, the epochs done); the rest are rewritten as the run redoes them.
 A failed write is reported once through `warn` and the run goes on.
 """
 
@@ -79,7 +81,7 @@ class SummaryCsv:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
-            self.rows = {e: r for e, r in self._read().items() if e < event.start_epoch}
+            self.rows = {e: r for e, r in self._read().items() if e <= event.start_epoch}
             self._losses, self._evals = {}, {}
             self._start_step = event.start_step
         elif isinstance(event, StepStats):
@@ -128,6 +130,8 @@ class SummaryCsv:
                 continue
             rows[epoch] = {k: _parse(v) for k, v in r.items() if k in COLUMNS + IMAGENET_COLUMNS}
             rows[epoch]["epoch"] = epoch
+        if 0 in rows:  # written before the one epoch numbering: counted from 0
+            rows = {e + 1: {**r, "epoch": e + 1} for e, r in rows.items()}
         return rows
 
     def _write(self) -> None:

@@ -5,9 +5,13 @@ GPU, driver or metric. Whatever the hardware cannot report is `None` (shown as "
 machine without NVML gets an explanation in `Telemetry.gpu_unavailable_reason`.
 
     sampler = TelemetrySampler()
-    t = sampler.sample()          # call about once a second from the UI's own timer
+    t = sampler.sample()          # about once a second: the console's timer, or the run's endpoint
     ...
     sampler.close()
+
+Disk and network I/O are rates between two consecutive samples (bytes per second): the first
+sample has none, and a counter that went backwards (a device or interface removed) gives None for
+that sample rather than a negative rate.
 
 This process's PyTorch memory is shown only on the GPUs it holds a context or memory on (N/A on
 the others), matched to NVML's GPUs by UUID (MIG slices included), never by position. Its peak is
@@ -16,6 +20,8 @@ the highest allocation since the previous sample: each sample resets the allocat
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -25,10 +31,12 @@ import psutil
 __all__ = [
     "GpuSnapshot",
     "HostSnapshot",
+    "IoCounters",
     "Telemetry",
     "TelemetrySampler",
     "fmt_or_na",
     "format_bytes",
+    "format_rate",
 ]
 
 
@@ -57,6 +65,12 @@ class HostSnapshot:
     process_cpu_percent: float | None
     workers: int | None  # child processes: the DataLoader workers
     workers_rss_bytes: int | None
+    # Whole-machine rates since the previous sample; None on the first sample or where the
+    # platform keeps no counters. Network leaves out loopback: that is this host talking to itself.
+    disk_read_bps: float | None = None
+    disk_write_bps: float | None = None
+    net_rx_bps: float | None = None
+    net_tx_bps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,11 @@ def format_bytes(n: int | float | None) -> str:
     raise AssertionError("unreachable")
 
 
+def format_rate(bytes_per_s: float | None) -> str:
+    """`2.5 * 2**20` -> "2.5 MiB/s"; None -> "N/A"."""
+    return "N/A" if bytes_per_s is None else format_bytes(bytes_per_s) + "/s"
+
+
 def fmt_or_na(value: Any, fmt: str = "{}") -> str:
     """`fmt.format(value)`, or "N/A" for a metric that could not be read."""
     return "N/A" if value is None else fmt.format(value)
@@ -90,11 +109,15 @@ class TelemetrySampler:
     `nvml` is the `pynvml` module (imported lazily when None); `torch_cuda` is `torch.cuda`
     (likewise); `has_context(i)` tells whether this process holds a CUDA context on torch device i
     without creating one (default: torch's primary-context query). Tests pass stand-ins for
-    hardware that is absent; the code path is the same.
+    hardware that is absent; the code path is the same. `io_counters()` gives the machine's
+    cumulative disk and network byte counters (default: psutil's) and `clock` the time they
+    are divided by.
     """
 
     def __init__(self, nvml: Any = None, torch_cuda: Any = None,
-                 has_context: Callable[[int], bool] | None = None) -> None:
+                 has_context: Callable[[int], bool] | None = None, *,
+                 io_counters: Callable[[], IoCounters] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._nvml = nvml
         self._torch_cuda = torch_cuda
         self._has_context = has_context
@@ -103,6 +126,9 @@ class TelemetrySampler:
         self._device_count = 0
         self._torch_to_nvml: dict[int, int] | None = None
         self._process = psutil.Process()
+        self._io_counters = io_counters or _psutil_io_counters
+        self._clock = clock
+        self._last_io: tuple[float, IoCounters] | None = None
         # psutil's percentages are "since the previous call": prime them so the first real
         # sample covers the time since the sampler was made, without blocking.
         psutil.cpu_percent(interval=None)
@@ -282,7 +308,19 @@ class TelemetrySampler:
             process_cpu_percent=pcpu,
             workers=None if workers is None else len(workers),
             workers_rss_bytes=workers_rss,
+            **self._io_rates(),
         )
+
+    def _io_rates(self) -> dict[str, float | None]:
+        now = self._clock()
+        counters = _psutil_or_none(self._io_counters) or IoCounters()
+        last, self._last_io = self._last_io, (now, counters)
+        names = ("disk_read_bps", "disk_write_bps", "net_rx_bps", "net_tx_bps")
+        if last is None or now <= last[0]:
+            return dict.fromkeys(names)
+        seconds = now - last[0]
+        return {name: _rate(before, after, seconds)
+                for name, before, after in zip(names, dataclasses.astuple(last[1]), dataclasses.astuple(counters))}
 
     def _workers(self, worker_pids: Iterable[int] | None) -> list[psutil.Process]:
         if worker_pids is not None:
@@ -317,6 +355,52 @@ class TelemetrySampler:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class IoCounters:
+    """Cumulative bytes since boot; None where the platform has no such counter."""
+
+    disk_read: int | None = None
+    disk_written: int | None = None
+    net_received: int | None = None
+    net_sent: int | None = None
+
+
+def _rate(before: int | None, after: int | None, seconds: float) -> float | None:
+    if before is None or after is None or after < before:
+        return None
+    return (after - before) / seconds
+
+
+@functools.cache
+def _loopback_interfaces() -> frozenset[str]:
+    try:
+        stats = psutil.net_if_stats()
+        flagged = {name for name, s in stats.items() if "loopback" in getattr(s, "flags", "").split(",")}
+    except (psutil.Error, OSError):
+        flagged = set()
+    # Where psutil reports no flags, the name tells ("lo" on Linux, "lo0" on macOS).
+    return frozenset(flagged | {"lo", "lo0"})
+
+
+def _psutil_io_counters() -> IoCounters:
+    # psutil sums whole disks only (partitions would count twice), and returns None on a
+    # machine without any (some containers); each half may be missing on its own.
+    disk = _psutil_or_none(lambda: psutil.disk_io_counters(perdisk=False))
+    nics = _psutil_or_none(lambda: psutil.net_io_counters(pernic=True))
+    received = sent = None
+    if nics is not None:
+        skip = _loopback_interfaces()
+        counted = [c for name, c in nics.items() if name not in skip]
+        received = sum(c.bytes_recv for c in counted)
+        sent = sum(c.bytes_sent for c in counted)
+    return IoCounters(
+        disk_read=None if disk is None else int(disk.read_bytes),
+        disk_written=None if disk is None else int(disk.write_bytes),
+        net_received=received,
+        net_sent=sent,
+    )
 
 
 def _psutil_or_none(fn: Callable[[], Any]) -> Any:

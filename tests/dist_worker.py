@@ -37,7 +37,7 @@ def primitives(ctx: DistContext, out_dir: str) -> None:
     script = [
         [Command.PAUSE],
         [],
-        [Command.RESUME, Command.EVALUATE],
+        [Command.RESUME, (Command.SET_LR, 0.0123), Command.EVALUATE, (Command.SET_LR, -2.5e-300)],
         [Command.CHECKPOINT] * 10,  # more than the slots: two arrive at the next boundary
         [],
     ]
@@ -46,7 +46,7 @@ def primitives(ctx: DistContext, out_dir: str) -> None:
         local = mine if ctx.is_main else []
         if not ctx.is_main and step == 4:
             local = [Command.STOP]  # a signal delivered only to this rank
-        seen.append([c.value for c in ctx.broadcast_commands(local)])
+        seen.append([c.value if v is None else [c.value, v] for c, v in ctx.broadcast_commands(local)])
     rec["commands"] = seen
     rec["gathered"] = ctx.all_gather_object({"rank": ctx.rank})
     rec["object"] = ctx.broadcast_object({"out": f"runs/from-rank-{ctx.rank}"})
@@ -99,26 +99,27 @@ def primitives(ctx: DistContext, out_dir: str) -> None:
 def train(out_dir: str, spec_path: str) -> int:
     """Run the real Trainer on this rank as a spec says; record what this rank saw and did.
 
-    spec: {"config": TrainConfig fields, "commands": {step: [command, ...]} submitted on rank 0
-    once it reports that step, "resume_after_s": RESUME this long after a pause,
+    spec: {"config": TrainConfig fields, "commands": {step: [command or [command, value], ...]}
+    submitted on rank 0 once it reports that step, "resume_after_s": RESUME this long after a pause,
     "keep_manual_checkpoint": copy the manual checkpoint there, "fail_rank"/"fail_at_forward":
     that rank's model raises in its n-th training forward}
     """
     from core.config import TrainConfig
     from core.engine import Trainer
-    from core.events import (CheckpointSaved, EvalResult, NoiseEstimate, RunError, RunFinished, RunStarted, RunState,
-                             StateChanged, StepStats)
+    from core.events import (CheckpointSaved, CommandApplied, EvalResult, LearningRateSet, NoiseEstimate, RunError,
+                             RunFinished, RunStarted, RunState, StateChanged, StepStats)
 
     with open(spec_path) as f:
         spec = json.load(f)
     rank = int(os.environ["RANK"])
     rec: dict = {"rank": rank, "applied": [], "events": [], "first_step_stats": None}
-    commands = {int(k): [Command(c) for c in v] for k, v in spec.get("commands", {}).items()}
+    commands = {int(k): [(Command(c), None) if isinstance(c, str) else (Command(c[0]), c[1]) for c in v]
+                for k, v in spec.get("commands", {}).items()}
     trainer: Trainer
 
     def sink(ev) -> None:
         if isinstance(ev, (RunStarted, StateChanged, EvalResult, CheckpointSaved, RunError, RunFinished,
-                           NoiseEstimate)):
+                           NoiseEstimate, CommandApplied, LearningRateSet)):
             r = ev.to_record()
             r.pop("config", None)
             r.pop("summary", None)
@@ -127,8 +128,8 @@ def train(out_dir: str, spec_path: str) -> int:
         if isinstance(ev, StepStats):
             if rec["first_step_stats"] is None:
                 rec["first_step_stats"] = {"step": ev.step, "epoch": ev.epoch, "epoch_step": ev.epoch_step}
-            for c in commands.pop(ev.step, []):
-                trainer.submit(c)
+            for c, value in commands.pop(ev.step, []):
+                trainer.submit(c, value=value, token=f"{c.value}@{ev.step}")
         if isinstance(ev, StateChanged) and ev.state is RunState.PAUSED and ev.previous is RunState.RUNNING:
             threading.Timer(spec.get("resume_after_s", 0.5), trainer.submit, (Command.RESUME,)).start()
         if isinstance(ev, CheckpointSaved) and ev.reason == "manual" and spec.get("keep_manual_checkpoint"):
@@ -138,9 +139,9 @@ def train(out_dir: str, spec_path: str) -> int:
 
     trainer = Trainer(TrainConfig(**spec["config"]), sink)
 
-    def recording_apply(command, reason, *, paused, _apply=trainer._apply):
-        rec["applied"].append([command.value, trainer.epoch, trainer.step])
-        return _apply(command, reason, paused=paused)
+    def recording_apply(item, *, paused, _apply=trainer._apply):
+        rec["applied"].append([item.command.value, trainer.epoch, trainer.step])  # trainer.epoch: 0-based
+        return _apply(item, paused=paused)
 
     trainer._apply = recording_apply
     trainer.prepare()
@@ -160,6 +161,7 @@ def train(out_dir: str, spec_path: str) -> int:
     rec["reason"] = finished.reason
     rec["final"] = fingerprint(trainer.model.state_dict())
     rec["final_params"] = fingerprint(dict(trainer.model.named_parameters()))
+    rec["final_lr"] = [g["lr"] for g in trainer.optimizer.param_groups]
     write(out_dir, rank, rec)
     return 1 if finished.reason == "error" else 0
 

@@ -352,3 +352,29 @@ def test_a_full_disk_ends_with_exit_1_and_says_the_checkpoint_was_not_written(sy
     assert not os.path.exists(out / "checkpoints" / "last.pt") and not os.path.exists(out / "checkpoints" / "best.pt")
     with open(out / "metrics.jsonl") as f:
         assert all(json.loads(line) for line in f)  # every line valid JSON, up to the end
+
+
+# --- subcommands, and a run directory another wvtui serves ----------------------------------------
+
+def test_help_lists_the_subcommands(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for command in ("wvtui attach", "wvtui ctl", "wvtui ls", "wvtui report", "wvtui noise", "--detach"):
+        assert command in text
+
+
+def test_an_out_that_a_live_wvtui_serves_is_refused_naming_its_pid(tmp_path, capsys):
+    import socket
+
+    out = tmp_path / "run"
+    (out / "control").mkdir(parents=True)
+    sock_path = str(out / "control" / "wvtui.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sock_path)
+    server.listen(4)
+    (out / "control" / "endpoint.json").write_text(json.dumps({"protocol": 1, "pid": 4242, "socket": sock_path}))
+    try:
+        code = main(["--root", str(tmp_path), "--out", str(out), "--resume", "auto"])
+    finally:
+        server.close()
+    assert_usage_error(code, capsys.readouterr().err, "pid 4242", str(out))

@@ -58,7 +58,7 @@ def test_single_process_context_is_disabled_and_every_method_is_identity(no_torc
     assert (ctx.enabled, ctx.rank, ctx.world_size, ctx.is_main) == (False, 0, 1, True)
     assert ctx.device("auto").type in ("cpu", "cuda")
     cmds = [Command.PAUSE, Command.CHECKPOINT, Command.STOP]
-    assert ctx.broadcast_commands(cmds) == cmds
+    assert ctx.broadcast_commands([*cmds, (Command.SET_LR, 0.5)]) == [(c, None) for c in cmds] + [(Command.SET_LR, 0.5)]
     assert ctx.all_gather_object({"a": 1}) == [{"a": 1}]
     obj = {"out": "runs/x"}
     assert ctx.broadcast_object(obj) is obj
@@ -121,7 +121,8 @@ def primitives(tmp_path_factory):
 def test_rank0_commands_reach_every_rank_at_the_same_boundary_in_order(primitives):
     (r0, r1), _, _ = primitives
     assert r0["commands"] == r1["commands"]
-    assert r0["commands"][:3] == [["pause"], [], ["resume", "evaluate"]]
+    # A value (SET_LR's lr) travels with its command, bit for bit (the other rank adds 0).
+    assert r0["commands"][:3] == [["pause"], [], ["resume", ["lr", 0.0123], "evaluate", ["lr", -2.5e-300]]]
     # Ten pending commands: eight fit this boundary, the rest arrive at the next one.
     assert r0["commands"][3] == ["checkpoint"] * 8
     # A stop raised on rank 1 alone (a forwarded signal) reaches rank 0 at the same boundary.
@@ -195,11 +196,12 @@ def events(rec: dict, kind: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def two_rank_run(tiny_root, tmp_path_factory):
-    """One epoch on 2 ranks; rank 0 pauses after step 2, evaluates after 4, checkpoints after 5."""
+    """One epoch on 2 ranks; rank 0 pauses after step 2, sets the lr after 3, evaluates after 4,
+    checkpoints after 5."""
     tmp = tmp_path_factory.mktemp("two_rank")
     spec = {
         "config": tiny_config(tiny_root, tmp / "run", imagenet_val=os.path.join(tiny_root, "imagenet_val")),
-        "commands": {"2": ["pause"], "4": ["evaluate"], "5": ["checkpoint"]},
+        "commands": {"2": ["pause"], "3": [["lr", 0.01]], "4": ["evaluate"], "5": ["checkpoint"]},
         "resume_after_s": 0.5,
         "keep_manual_checkpoint": str(tmp / "manual.pt"),
     }
@@ -225,9 +227,16 @@ def test_commands_from_rank0_take_effect_on_both_ranks_at_the_same_step(two_rank
     (r0, r1), _ = two_rank_run
     # [command, epoch, global step at the boundary where it was applied]; RESUME ends the pause
     # inside it, so it shows as the paused -> running transition, and as rank 1 going on to evaluate at step 4.
-    expected = [["pause", 0, 2], ["evaluate", 0, 4], ["checkpoint", 0, 5]]
+    expected = [["pause", 0, 2], ["lr", 0, 3], ["evaluate", 0, 4], ["checkpoint", 0, 5]]
     assert r0["applied"] == expected
     assert r1["applied"] == expected
+    # The lr reached every rank (else DDP's ranks would step apart and the weights differ).
+    assert r0["final_lr"] == r1["final_lr"] == [0.01]
+    assert [(e["old"], e["new"], e["step"]) for e in events(r0, "LearningRateSet")] == [(0.02, 0.01, 3)]
+    # One CommandApplied per command on rank 0, with its token (the resume's is the worker's timer: none).
+    applied = [(e["command"], e["step"], e["token"]) for e in events(r0, "CommandApplied")]
+    assert applied == [("pause", 2, "pause@2"), ("resume", 2, None), ("lr", 3, "lr@3"),
+                       ("evaluate", 4, "evaluate@4"), ("checkpoint", 5, "checkpoint@5")]
     transitions = [(e["previous"], e["state"], e["step"]) for e in events(r0, "StateChanged")
                    if "paused" in (e["previous"], e["state"])]
     assert transitions == [("running", "paused", 2), ("paused", "running", 2)]
@@ -308,7 +317,7 @@ def test_a_2_rank_checkpoint_resumes_in_1_process_and_a_1_process_checkpoint_on_
     started = next(e for e in seen if isinstance(e, RunStarted))
     assert (started.start_epoch, started.start_step, started.world_size) == (0, 5, 1)
     first = next(e for e in seen if isinstance(e, StepStats))
-    assert (first.epoch, first.step, first.epoch_step, first.steps_per_epoch) == (0, 6, 11, 14)
+    assert (first.epoch, first.step, first.epoch_step, first.steps_per_epoch) == (1, 6, 11, 14)
 
     # 1 process -> 2 ranks, through the real command line: 48 samples are 6 steps per rank
     # (of 7), so one step remains in the epoch, then the evaluation and the epoch checkpoint.
@@ -323,7 +332,7 @@ def test_a_2_rank_checkpoint_resumes_in_1_process_and_a_1_process_checkpoint_on_
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["event"] == "train"]
-    assert [(r["epoch"], r["step"]) for r in train] == [(0, 8)]
+    assert [(r["epoch"], r["step"]) for r in train] == [(1, 8)]
     # Only rank 0 writes the run directory: one end record, not one per rank.
     assert [r["reason"] for r in records if r["event"] == "finished"] == ["completed"]
     (ev,) = [r for r in records if r["event"] == "eval"]
@@ -368,10 +377,10 @@ def test_2_ranks_record_every_sample_of_the_epoch_exactly_once_padding_dropped(t
         return sampler.indices()[:count].tolist()
 
     assert len(set(rank_order(0, 25) + rank_order(1, 25))) == 49  # the whole epoch, one sample twice
-    z = np.load(tmp_path / "run" / "samples" / "epoch_000.npz")
+    z = np.load(tmp_path / "run" / "samples" / "epoch_001.npz")
     assert z["index"].tolist() == list(range(49))
     r0, r1 = read_ranks(out)
-    assert [(e["epoch"], e["samples"]) for e in events(r0, "NoiseEstimate")] == [(0, 49)]
+    assert [(e["epoch"], e["samples"]) for e in events(r0, "NoiseEstimate")] == [(1, 49)]
     assert events(r1, "NoiseEstimate") == []  # rank 0 alone tells and writes
     # A checkpoint mid-epoch (rank 0 writes it) holds both ranks' first 2 steps.
     saved = load_checkpoint(str(tmp_path / "manual.pt"))["samples"]

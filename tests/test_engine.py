@@ -57,7 +57,7 @@ def test_two_epochs_learn_the_synthetic_classes(reference):
     out, rec, finished = reference
     assert finished.reason == "completed" and finished.step == 2 * STEPS_PER_EPOCH
     evals = rec.of(EvalResult)
-    assert [e.epoch for e in evals] == [0, 1] and not any(e.manual for e in evals)
+    assert [e.epoch for e in evals] == [1, 2] and not any(e.manual for e in evals)
     # Chance is 20% with five classes.
     assert evals[-1].acc1 >= 60.0, evals
     assert finished.best_acc1 == max(e.acc1 for e in evals)
@@ -75,7 +75,7 @@ def test_two_epochs_learn_the_synthetic_classes(reference):
     assert all(0.0 <= s.data_wait <= 1.0 and s.img_per_s > 0 for s in stats)
     assert stats[0].eta_run_s > stats[-2].eta_run_s
     assert stats[-1].lr == pytest.approx(0.025)  # MultiStepLR(milestones=[1], gamma=0.5)
-    assert [e.epoch for e in rec.of(EpochEnd)] == [0, 1]
+    assert [e.epoch for e in rec.of(EpochEnd)] == [1, 2]
 
 
 def test_run_directory_formats(reference):
@@ -88,17 +88,23 @@ def test_run_directory_formats(reference):
     train = [r for r in rows if r["event"] == "train"]
     assert len(train) == 30 and all({"epoch", "step", "loss", "lr", "img_per_s", "data_wait"} <= r.keys() for r in train)
     evals = [r for r in rows if r["event"] == "eval"]
-    assert [(r["epoch"], r["step"], r["manual"]) for r in evals] == [(0, 15, False), (1, 30, False)]
+    assert [(r["epoch"], r["step"], r["manual"]) for r in evals] == [(1, 15, False), (2, 30, False)]
     assert {"loss", "acc1", "acc5", "best_acc1", "best_acc5"} <= evals[0].keys()
     ckpts = [(os.path.basename(r["path"]), r["reason"]) for r in rows if r["event"] == "checkpoint"]
     assert ("last.pt", "epoch") in ckpts and ("best.pt", "best") in ckpts
+    # One epoch numbering: an epoch's evaluation, its checkpoint and its end all say the same epoch.
+    at_epoch_end = {(r["event"], r["epoch"]) for r in rows if r.get("step") == 15 and r["event"] in ("eval", "epoch")} | {
+        ("checkpoint", r["epoch"]) for r in rows if r["event"] == "checkpoint" and r["step"] == 15}
+    assert at_epoch_end == {("eval", 1), ("epoch", 1), ("checkpoint", 1)}
+    assert train[0]["epoch"] == 1 and train[-1]["epoch"] == 2
+    assert all(isinstance(r["time"], float) for r in rows)
 
     last = load_checkpoint(os.path.join(out, "checkpoints", "last.pt"))
     assert set(REQUIRED_KEYS) <= last.keys()
     assert (last["epoch"], last["step"], last["epoch_step"]) == (2, 30, 0)
     assert last["model_name"] == "resnet18" and last["num_classes"] == 5 and last["world_size"] == 1
     assert last["scaler"] is None and last["config"]["lr"] == 0.05
-    assert [h["epoch"] for h in last["history"]] == [0, 1]
+    assert [h["epoch"] for h in last["history"]] == [1, 2]
     assert last["scheduler"]["last_epoch"] == 2
     best = load_checkpoint(os.path.join(out, "checkpoints", "best.pt"))
     assert best["best_acc1"] == max(h["acc1"] for h in last["history"])
@@ -164,7 +170,7 @@ def test_commands_take_effect_within_one_step_and_pause_holds_the_place(root, re
         assert trainer.step == paused.step and len(rec.of(StepStats)) == stats_before
         trainer.submit(Command.EVALUATE)
         manual = rec.wait_for(lambda e: isinstance(e, EvalResult) and e.manual)
-        assert (manual.epoch, manual.step) == (0, paused.step)
+        assert (manual.epoch, manual.step) == (1, paused.step)
         trainer.submit(Command.CHECKPOINT)
         ck = rec.wait_for(lambda e: isinstance(e, CheckpointSaved) and e.reason == "manual")
         assert ck.step == paused.step and load_checkpoint(ck.path)["epoch_step"] == paused.step
@@ -182,7 +188,7 @@ def test_commands_take_effect_within_one_step_and_pause_holds_the_place(root, re
         submitted_at = trainer.step
         trainer.submit(Command.EVALUATE)
         mid = rec.wait_for(lambda e: isinstance(e, EvalResult) and e.manual and e.step > paused.step)
-        assert submitted_at <= mid.step <= submitted_at + 1 and mid.epoch == 1
+        assert submitted_at <= mid.step <= submitted_at + 1 and mid.epoch == 2
         submitted_at = trainer.step
         trainer.submit(Command.CHECKPOINT)
         ck2 = rec.wait_for(lambda e: isinstance(e, CheckpointSaved) and e.reason == "manual" and e.step > paused.step)
@@ -191,7 +197,7 @@ def test_commands_take_effect_within_one_step_and_pause_holds_the_place(root, re
     # The manual evaluations are recorded and the run continued with the same next batch.
     rows = read_metrics(os.path.join(out, "metrics.jsonl"))
     manual_rows = [(r["epoch"], r["step"]) for r in rows if r["event"] == "eval" and r["manual"]]
-    assert manual_rows == [(0, paused.step), (1, mid.step)]
+    assert manual_rows == [(1, paused.step), (2, mid.step)]
     assert [r["step"] for r in rows if r["event"] == "train"] == list(range(1, 31))
     assert_same_weights(final_weights(out), final_weights(reference[0]))
     assert trainer.model.training

@@ -167,7 +167,7 @@ def test_bad_images_are_counted_and_named_once(bad_synthetic_root, tmp_path):
         val_total = sum(1 for line in f if line.strip())
     assert bad_val and [(e.images, e.images_total) for e in rec.of(EvalResult)] == \
         [(val_total - len(bad_val), val_total)] * 2
-    first_epoch = [s for s in rec.of(StepStats) if s.epoch == 0]
+    first_epoch = [s for s in rec.of(StepStats) if s.epoch == 1]
     assert first_epoch[-1].bad_images == len(bad_train)
     assert rec.of(StepStats)[-1].bad_images == len(bad_train) + len(bad_val)
 

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from core.events import (CheckpointSaved, ConfigChanged, EpochEnd, EvalResult, RunError, RunFinished,
-                         RunStarted, RunState, RunWarning, StateChanged, StepStats)
+from core.events import (CheckpointSaved, CommandApplied, ConfigChanged, EpochEnd, EvalResult, LearningRateSet,
+                         RunError, RunFinished, RunStarted, RunState, RunWarning, StateChanged, StepStats)
 from wvtui.eventtext import describe, duration, plain
 from wvtui.headless import HeadlessPrinter
 
@@ -36,17 +36,17 @@ def test_printer_writes_the_reference_lines_in_order():
     p(RunStarted(config={"epochs": 2, "demo": False}, summary={"root": "/d", "num_classes": 4, "train_images": 64,
                  "val_images": 16}, device="cpu", model="resnet18", num_params=11_000_000, steps_per_epoch=10,
                  total_steps=20, start_epoch=0, start_step=0, out_dir="/runs/x"))
-    p(StateChanged(state=RunState.RUNNING, epoch=0, step=0, previous=RunState.STARTING))
-    p(_step(0, 5, loss=2.25))
-    p(StateChanged(state=RunState.PAUSED, epoch=0, step=5, previous=RunState.RUNNING))
-    p(StateChanged(state=RunState.RUNNING, epoch=0, step=5, previous=RunState.PAUSED))
-    p(_eval(0, 7, 12.5, manual=True))
-    p(_eval(0, 10, 50.0))
-    # The trainer's order at an epoch end: evaluation, checkpoint (epoch already advanced), EpochEnd.
+    p(StateChanged(state=RunState.RUNNING, epoch=1, step=0, previous=RunState.STARTING))
+    p(_step(1, 5, loss=2.25))
+    p(StateChanged(state=RunState.PAUSED, epoch=1, step=5, previous=RunState.RUNNING))
+    p(StateChanged(state=RunState.RUNNING, epoch=1, step=5, previous=RunState.PAUSED))
+    p(_eval(1, 7, 12.5, manual=True))
+    p(_eval(1, 10, 50.0))
+    # The trainer's order at an epoch end: evaluation, checkpoint, EpochEnd; all say the epoch done.
     p(CheckpointSaved(path="/runs/x/checkpoints/last.pt", reason="epoch", epoch=1, step=10, seconds=0.1))
     p(StateChanged(state=RunState.RUNNING, epoch=1, step=10, previous=RunState.CHECKPOINTING))
-    p(EpochEnd(epoch=0, step=10, seconds=12.34, img_per_s=50.0))
-    p(_step(1, 15))
+    p(EpochEnd(epoch=1, step=10, seconds=12.34, img_per_s=50.0))
+    p(_step(2, 15))
     p(RunWarning(kind="bad_images", message="2 unreadable images", paths=("a.jpg", "b.jpg")))
     p(RunError(kind="checkpoint", message="No space left on device"))
     p(RunFinished(reason="completed", epoch=2, step=20, best_acc1=50.0, best_acc5=90.0, seconds=30.0))
@@ -85,7 +85,7 @@ def test_printer_writes_the_reference_lines_in_order():
 
 def test_one_line_per_pause_and_resume_and_none_for_other_state_changes():
     def change(state, previous):
-        return StateChanged(state=state, epoch=1, step=42, previous=previous)
+        return StateChanged(state=state, epoch=2, step=42, previous=previous)
 
     assert lines_of(change(RunState.PAUSED, RunState.RUNNING)) == ["Paused at epoch 2, step 42"]
     assert lines_of(change(RunState.RUNNING, RunState.PAUSED)) == ["Resumed at epoch 2, step 42"]
@@ -97,9 +97,9 @@ def test_one_line_per_pause_and_resume_and_none_for_other_state_changes():
 
 
 def test_an_evaluation_of_fewer_images_than_the_val_set_says_n_of_m():
-    assert lines_of(_eval(0, 10, 50.0, images=14, images_total=16)) == [
+    assert lines_of(_eval(1, 10, 50.0, images=14, images_total=16)) == [
         "Average Loss: 1.5000 Acc@1 50.000 (Best 50.000) Acc@5 90.000 on 14 of 16 images"]
-    assert lines_of(_eval(0, 7, 12.5, manual=True, images=14, images_total=16)) == [
+    assert lines_of(_eval(1, 7, 12.5, manual=True, images=14, images_total=16)) == [
         "Average Loss: 1.5000 Acc@1 12.500 (Best 40.000) Acc@5 90.000 on 14 of 16 images [manual, epoch 1 step 7]"]
     # Every image scored (or an older record without the total): no count in the line.
     for total in (16, 0):
@@ -111,6 +111,25 @@ def test_a_config_change_names_each_setting_with_old_and_new_value():
     assert lines_of(ev) == ["Settings changed from the checkpoint's: lr 0.1 -> 0.05, milestones [30, 60] -> [20, 40]"]
 
 
+def test_a_set_learning_rate_and_the_confirmations_that_tell_something():
+    assert lines_of(LearningRateSet(epoch=2, step=131, old=0.1, new=0.01)) == [
+        "Learning rate set to 0.01 (was 0.1) at epoch 2, step 131"]
+
+    def applied(command, detail):
+        return lines_of(CommandApplied(command=command, epoch=2, step=131, token="t", detail=detail))
+
+    assert applied("lr", "refused: the learning rate must be a finite number > 0, got nan") == [
+        "Command lr refused: the learning rate must be a finite number > 0, got nan"]
+    assert applied("resume", "not paused") == ["Command resume: not paused"]
+    assert applied("evaluate", "served by the end-of-epoch evaluation") == [
+        "Command evaluate: served by the end-of-epoch evaluation"]
+    assert applied("pause", "the run ended before it was applied") == [
+        "Command pause: the run ended before it was applied"]
+    # Whatever another event already says (the pause, the checkpoint, the evaluation): no second line.
+    assert applied("pause", "") == applied("checkpoint", "/runs/x/checkpoints/last.pt") == []
+    assert applied("lr", "lr 0.1 -> 0.01") == []
+
+
 def test_a_warning_lists_five_paths_and_counts_the_rest():
     paths = tuple(f"google/q0001/{i:06d}.jpg" for i in range(7))
     lines = lines_of(RunWarning(kind="bad_images", message="7 unreadable images", paths=paths))
@@ -119,7 +138,7 @@ def test_a_warning_lists_five_paths_and_counts_the_rest():
 
 
 def test_a_finished_run_whose_checkpoint_failed_says_so():
-    ok = RunFinished(reason="stopped", epoch=0, step=7, best_acc1=0.0, best_acc5=0.0, seconds=3725.0)
+    ok = RunFinished(reason="stopped", epoch=1, step=7, best_acc1=0.0, best_acc5=0.0, seconds=3725.0)
     assert lines_of(ok) == ["Finished (stopped) at epoch 1, step 7 after 1:02:05: best Acc@1 0.000 Acc@5 0.000"]
     failed = RunFinished(reason="completed", epoch=2, step=20, best_acc1=1.0, best_acc5=2.0, seconds=5.0,
                          checkpoint_failed=True)
@@ -156,3 +175,16 @@ def test_printer_survives_a_broken_stream():
     p(_step(0, 1))  # must not raise into the trainer
     p(_eval(0, 1, 10.0))
     assert Broken.writes == 1, "a broken stream was written to again"
+
+
+def test_a_command_is_confirmed_by_its_command_applied_alone():
+    from core.events import Command
+    from wvtui.pending import FEEDBACK, confirms
+
+    done = CommandApplied(command="checkpoint", epoch=1, step=5, token="7", detail="/runs/x/checkpoints/last.pt")
+    assert confirms(Command.CHECKPOINT, done) and confirms(Command.CHECKPOINT, done, token="7")
+    assert not confirms(Command.CHECKPOINT, done, token="8")  # another client's checkpoint
+    assert not confirms(Command.EVALUATE, done)
+    # The events a command causes are not its confirmation (a pause of the non-finite policy, say).
+    assert not confirms(Command.PAUSE, StateChanged(state=RunState.PAUSED, epoch=1, step=5, previous=RunState.RUNNING))
+    assert set(FEEDBACK) == set(Command) - {Command.NONFINITE_STOPS}

@@ -47,7 +47,7 @@ def test_headless_run_prints_reference_lines_and_writes_the_run_dir(finished_run
     records = read_metrics(out)
     kinds = {r["event"] for r in records}
     assert {"train", "eval", "epoch", "checkpoint"} <= kinds
-    assert [r["epoch"] for r in records if r["event"] == "epoch"] == [0, 1]
+    assert [r["epoch"] for r in records if r["event"] == "epoch"] == [1, 2]
     state = load_checkpoint(os.path.join(out, "checkpoints", "last.pt"))
     assert state["step"] == 16
 

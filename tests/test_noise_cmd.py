@@ -48,13 +48,13 @@ def index(synthetic_root) -> WebVisionIndex:
 
 @pytest.fixture
 def run(tmp_path, synthetic_root, index):
-    """A run dir with records for epochs 1 and 3 (files epoch_000 and epoch_002): epoch 1 holds
+    """A run dir with records for epochs 1 and 3 (files epoch_001 and epoch_003): epoch 1 holds
     every other sample (a capped epoch), epoch 3 every sample with the planted noise above."""
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"root": synthetic_root, "num_classes": 4, "use_flickr": False}))
     odd = np.arange(1, len(index.train), 2)
-    write_npz(str(out / "samples" / "epoch_000.npz"),
+    write_npz(str(out / "samples" / "epoch_001.npz"),
               **records(index, odd, clean=np.linspace(0, 1, len(odd)), loss=np.linspace(4, 0, len(odd)),
                         pred=index.train.labels[odd]))
     every = np.arange(len(index.train))
@@ -62,7 +62,7 @@ def run(tmp_path, synthetic_root, index):
     pred = index.train.labels[every].copy()
     first = np.flatnonzero(q == 2)  # query 2 (class 1): 5 images predicted as 3, 2 as 2
     pred[first[:5]], pred[first[5:7]] = 3, 2
-    write_npz(str(out / "samples" / "epoch_002.npz"),
+    write_npz(str(out / "samples" / "epoch_003.npz"),
               **records(index, every, clean=np.take(QUERY_CLEAN, q), loss=np.take(QUERY_LOSS, q), pred=pred))
     return out
 
@@ -116,7 +116,7 @@ def test_epoch_is_counted_from_one_and_dash_writes_stdout(run, index, capsys):
     assert (code, err) == (0, "")
     body = read_csv(out)[1:]
     odd = list(range(1, len(index.train), 2))
-    assert [int(r[0]) for r in body] == odd  # epoch 1 = epoch_000.npz, the capped epoch
+    assert [int(r[0]) for r in body] == odd  # epoch 1 = epoch_001.npz, the capped epoch
     assert [r[1] for r in body] == [index.train.relpath(i) for i in odd]
     assert float(body[0][4]) == pytest.approx(4.0)
 
@@ -164,8 +164,8 @@ def test_the_trainers_own_record_file_reads_back(tmp_path, synthetic_root, index
     n = len(index.train)
     loss = np.where(np.arange(n) % 4 == 0, 3.0, 0.2).astype(np.float32)  # every 4th sample noisy
     events = epoch_events(Samples(np.arange(n), loss, index.train.labels.astype(np.int64)), index,
-                          epoch=0, step=4, out_dir=str(out))
-    assert events[0].path == str(out / "samples" / "epoch_000.npz")
+                          epoch=1, step=4, out_dir=str(out))
+    assert events[0].path == str(out / "samples" / "epoch_001.npz") and events[0].epoch == 1
     code, text, err = call(capsys, out, "--csv", "-")
     assert (code, err) == (0, "")
     body = read_csv(text)[1:]
@@ -182,7 +182,7 @@ def test_the_trainers_own_record_file_reads_back(tmp_path, synthetic_root, index
 def test_summary_lists_the_noisiest_classes_and_queries_first(run, capsys):
     code, out, err = call(capsys, run)
     assert (code, err) == (0, "")
-    assert out.startswith(f"wvtui noise {run}: epoch 3 (samples/epoch_002.npz), 64 training samples")
+    assert out.startswith(f"wvtui noise {run}: epoch 3 (samples/epoch_003.npz), 64 training samples")
     assert "augmented views" in out
     classes = section(out, "Noisiest classes")
     assert [int(r[0].split()[0]) for r in classes] == CLASS_ORDER
@@ -203,7 +203,7 @@ def test_summary_keeps_the_top_twenty_and_without_the_dataset_shows_numbers(tmp_
     n = 30 * 4
     label = np.repeat(np.arange(30), 4)
     clean = 1.0 - label / 40.0  # class 29 the noisiest
-    write_npz(str(out_dir / "samples" / "epoch_000.npz"), index=np.arange(n), loss=np.ones(n, np.float16),
+    write_npz(str(out_dir / "samples" / "epoch_001.npz"), index=np.arange(n), loss=np.ones(n, np.float16),
               pred=label.astype(np.int16), clean_prob=clean.astype(np.float16), label=label.astype(np.int16),
               query=label.astype(np.int64) * 2)
     code, out, err = call(capsys, out_dir)
@@ -239,6 +239,17 @@ def test_a_directory_that_is_no_run(tmp_path, capsys):
     assert_one_line_error(*call(capsys, tmp_path), "is not a run directory")
 
 
+def test_a_run_written_before_the_one_epoch_numbering_counts_its_files_from_zero(run, index, capsys):
+    """Older runs named the first epoch's file epoch_000.npz: --epoch 1 still means the first epoch."""
+    for old, new in (("epoch_001.npz", "epoch_000.npz"), ("epoch_003.npz", "epoch_002.npz")):
+        (run / "samples" / old).rename(run / "samples" / new)
+    code, out, err = call(capsys, run, "--epoch", "1", "--csv", "-")
+    assert (code, err) == (0, "")
+    assert [int(r[0]) for r in read_csv(out)[1:]] == list(range(1, len(index.train), 2))
+    code, out, err = call(capsys, run)
+    assert code == 0 and out.startswith(f"wvtui noise {run}: epoch 3 (samples/epoch_002.npz)")
+
+
 def test_a_run_without_records(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
     assert_one_line_error(*call(capsys, tmp_path), "holds no per-sample records", "--no-samples")
@@ -259,9 +270,9 @@ def test_an_unreadable_record_file(run, capsys):
 
 
 def test_a_truncated_record_file(run, capsys):
-    whole = (run / "samples" / "epoch_002.npz").read_bytes()
-    (run / "samples" / "epoch_002.npz").write_bytes(whole[: len(whole) // 2])
-    assert_one_line_error(*call(capsys, run, "--epoch", "3"), "cannot read", "epoch_002.npz")
+    whole = (run / "samples" / "epoch_003.npz").read_bytes()
+    (run / "samples" / "epoch_003.npz").write_bytes(whole[: len(whole) // 2])
+    assert_one_line_error(*call(capsys, run, "--epoch", "3"), "cannot read", "epoch_003.npz")
 
 
 def test_a_record_file_without_the_arrays(run, capsys):

@@ -58,11 +58,11 @@ def histogram(samples: int = 64_000, bins: int = 40) -> tuple[int, ...]:
 
 
 def estimate(epoch: int, clean: float) -> NoiseEstimate:
-    return NoiseEstimate(epoch=epoch, step=(epoch + 1) * 20, samples=64, clean_fraction=clean, means=MEANS,
+    return NoiseEstimate(epoch=epoch, step=epoch * 20, samples=64, clean_fraction=clean, means=MEANS,
                          variances=VARIANCES, weights=WEIGHTS, path=f"runs/x/samples/epoch_{epoch:03d}.npz")
 
 
-def details(index: WebVisionIndex, epoch: int = 2, worst: tuple | None = None, relative: bool = False) -> NoiseDetails:
+def details(index: WebVisionIndex, epoch: int = 3, worst: tuple | None = None, relative: bool = False) -> NoiseDetails:
     """As core.noise writes them: query ids are folder names, sample paths full paths."""
     train = index.train
     if worst is None:
@@ -83,7 +83,7 @@ def details(index: WebVisionIndex, epoch: int = 2, worst: tuple | None = None, r
 
 
 def split_events(index: WebVisionIndex, relative: bool = False) -> list:
-    return [estimate(0, 0.52), estimate(1, 0.61), estimate(2, 0.64), details(index, relative=relative)]
+    return [estimate(1, 0.52), estimate(2, 0.61), estimate(3, 0.64), details(index, relative=relative)]
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ async def test_an_unreadable_image_is_said_not_raised(index, tmp_path):
     worst = ((0, str(bad), 0, "q0001", 1, 3.0, 0.01), (1, "google/q0001/gone.jpg", 0, "q0001", 1, 2.0, 0.1))
     app = make_app(index)
     async with app.run_test(size=(120, 40)) as pilot:
-        pane = await shown(pilot, estimate(0, 0.5), details(index, epoch=0, worst=worst))
+        pane = await shown(pilot, estimate(1, 0.5), details(index, epoch=1, worst=worst))
         pane.query_one("#noise-classes").focus()
         await pilot.press("down", "down", "down")  # class 0, the cleanest, holds the two bad samples
         await until(pilot, lambda: len(pane.samples) == 2, "class 0's samples")
@@ -312,7 +312,7 @@ def test_the_clean_cut_is_where_the_posterior_crosses_one_half():
 
 
 def test_the_log_line_of_an_estimate():
-    ev = NoiseEstimate(epoch=4, step=100, samples=66_000, clean_fraction=0.712, means=(0.1234, 0.5799),
+    ev = NoiseEstimate(epoch=5, step=100, samples=66_000, clean_fraction=0.712, means=(0.1234, 0.5799),
                        variances=(0.01, 0.02), weights=(0.7, 0.3), path="x")
     assert [plain(line) for line in describe(ev)] == [
         "Noise (epoch 5): clean 71.2% of 66,000 samples; means 0.12 / 0.58"]

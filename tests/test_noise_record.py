@@ -125,17 +125,17 @@ def test_epoch_files_hold_every_seen_sample_once_and_survive_stops_mid_epoch_and
     assert run(config(root, str(tmp_path / "straight"), **cfg), straight).reason == "completed"
 
     out = str(tmp_path / "stopped")
-    # Stops at step 2 (mid epoch 0), 4 (epoch 0's last step) and 6 (mid epoch 1).
+    # Stops at step 2 (mid epoch 1), 4 (epoch 1's last step) and 6 (mid epoch 2).
     reasons = []
     for resume in (None, "auto", "auto", "auto"):
         recorder, holder = stop_at({2, 4, 6})
         reasons.append(run(config(root, out, resume=resume, **cfg), recorder, holder).reason)
     assert reasons == ["stopped", "stopped", "stopped", "completed"]
 
-    assert epoch_files(out) == epoch_files(str(tmp_path / "straight")) == ["epoch_000.npz", "epoch_001.npz"]
+    assert epoch_files(out) == epoch_files(str(tmp_path / "straight")) == ["epoch_001.npz", "epoch_002.npz"]
     noise_records = [r for r in read_metrics(os.path.join(out, "metrics.jsonl")) if r["event"] == "noise"]
-    assert [r["epoch"] for r in noise_records] == [0, 1]  # no double epoch
-    for epoch, name in enumerate(epoch_files(out)):
+    assert [r["epoch"] for r in noise_records] == [1, 2]  # no double epoch
+    for epoch, name in enumerate(epoch_files(out)):  # 0-based here: the sampler's epoch
         z = np.load(os.path.join(out, "samples", name))
         assert {k: z[k].dtype for k in z.files} == {k: np.dtype(v) for k, v in NPZ_ARRAYS.items()}
         assert np.array_equal(z["index"], seen_indices(n, epoch, 4 * 16))  # sorted, no gap, no double
@@ -158,8 +158,9 @@ def test_events_follow_the_evaluation_and_describe_the_file(root, tmp_path):
     kinds = [type(e).__name__ for e in recorder.events]
     assert kinds.index("EvalResult") < kinds.index("NoiseEstimate") == kinds.index("NoiseDetails") - 1
     z = np.load(estimate.path)
-    assert estimate.path == os.path.join(cfg.out, "samples", "epoch_000.npz")
-    assert estimate.samples == len(z["index"]) == 48 and estimate.epoch == 0 and estimate.step == 3
+    assert estimate.path == os.path.join(cfg.out, "samples", "epoch_001.npz")
+    assert estimate.samples == len(z["index"]) == 48 and estimate.epoch == 1 and estimate.step == 3
+    assert details.epoch == 1
     assert estimate.clean_fraction == pytest.approx(float(z["clean_prob"].astype(np.float64).mean()), abs=1e-3)
     assert estimate.means[0] <= estimate.means[1]
     assert sum(details.histogram) == 48 and len(details.histogram) == HISTOGRAM_BINS
@@ -230,7 +231,16 @@ def test_a_run_starting_at_an_epoch_drops_the_sample_files_from_that_epoch_on(ro
 
     from core.noise import drop_epoch_files_from
 
-    for epoch in range(3):
+    for epoch in range(1, 4):
         np.savez(samples / f"epoch_{epoch:03d}.npz", index=np.arange(3))
-    drop_epoch_files_from(str(out), 2)  # resuming inside epoch 2 (0-based)
-    assert sorted(os.listdir(samples)) == ["epoch_000.npz", "epoch_001.npz", "notes.txt"]
+    drop_epoch_files_from(str(out), 3)  # resuming inside epoch 3 (1-based)
+    assert sorted(os.listdir(samples)) == ["epoch_001.npz", "epoch_002.npz", "notes.txt"]
+    # A run written before the one epoch numbering (epoch_000 = the first epoch): renamed first.
+    for name in os.listdir(samples):
+        if name.endswith(".npz"):
+            os.unlink(samples / name)
+    for epoch in range(3):
+        np.savez(samples / f"epoch_{epoch:03d}.npz", index=np.full(3, epoch))
+    drop_epoch_files_from(str(out), 3)
+    assert sorted(os.listdir(samples)) == ["epoch_001.npz", "epoch_002.npz", "notes.txt"]
+    assert np.load(samples / "epoch_002.npz")["index"].tolist() == [1, 1, 1]

@@ -90,6 +90,33 @@ def _deselects_slow(tmp, proc):
     assert m and int(m.group(3)) > 0, proc.stdout[-500:]
 
 
+def part_of(command: str):
+    """Run as printed inside `command`'s plan (which must contain it)."""
+    return ("part", command)
+
+
+DETACHED = "wvtui --root ~/data/webvision1.0 --out runs/mini --detach"
+DETACHED_SEQUENCE = ["wvtui ls", "wvtui ctl runs/mini checkpoint", "wvtui ctl runs/mini lr 0.01",
+                     "wvtui ctl runs/mini status", "wvtui ctl runs/mini stop"]
+
+
+def _controlled(out: str):
+    def check(tmp, proc):
+        from wvtui_process import records, wait_until
+
+        run = os.path.join(tmp, out)
+        # ctl stop returns once the final checkpoint is written; the run's last records follow.
+        wait_until(lambda: records(run, "finished"), timeout=60, what="the stopped run's finished record")
+        applied = [r["command"] for r in records(run, "command")]
+        assert applied == ["checkpoint", "lr", "stop"], applied
+        assert [r["new"] for r in records(run, "lr_set")] == [0.01]
+        assert records(run, "finished")[-1]["reason"] == "stopped"
+        assert '"state": "running"' in proc.stdout or '"state":"running"' in proc.stdout, proc.stdout[-800:]
+        assert "live" in proc.stdout and out in proc.stdout, proc.stdout[-800:]  # wvtui ls
+
+    return check
+
+
 MULTINODE = skip("needs two machines with 8 GPUs each and the dataset; tests/test_distributed.py runs torchrun on CPUs")
 PLAN = {
     "pip install -e '.[test]'": skip("installs into the environment other tests run in; .ci/run runs it on a fresh clone"),
@@ -105,9 +132,12 @@ PLAN = {
         run(f"wvtui --root {{root}} --out runs/mini --headless {TINY} > /dev/null && "
             f"wvtui --root {{root}} --out runs/mini --resume auto {TINY.replace('--epochs 1', '--epochs 2')}",
             check=_trained("runs/mini")),
-    "tmux new -s wv 'wvtui --root ~/data/webvision1.0 --out runs/mini'":
-        skip("an interactive tmux session on the real dataset; the wvtui command inside is run above"),
-    "tmux attach -t wv": skip("attaches a terminal to the tmux session above"),
+    # One detached run serves the whole sequence of the "Detach and attach" section, as printed.
+    DETACHED: run(" && ".join([f"wvtui --root {{root}} --out runs/mini --detach {TINY.replace('--epochs 1', '--epochs 400')}",
+                              *DETACHED_SEQUENCE]), check=_controlled("runs/mini")),
+    **{command: part_of(DETACHED) for command in DETACHED_SEQUENCE},
+    "wvtui attach runs/mini": skip("opens the console on a terminal; tests/test_attach.py attaches in a pty and "
+                                   "under Pilot, tests/test_detach.py attaches after --detach"),
     "torchrun --nproc_per_node=4 -m wvtui --root /data/webvision --out runs/wv4 --headless":
         skip("needs 4 GPUs and the dataset; tests/test_distributed.py runs the same under torchrun on CPUs"),
     "torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d "
@@ -157,6 +187,9 @@ def test_every_readme_command_has_a_plan():
     assert "wvtui --demo" in commands and "python -m pytest -q" in commands  # the extraction works
     assert [c for c in commands if c not in PLAN] == [], "README commands without a plan in this test"
     assert [c for c in PLAN if c not in commands] == [], "plans for commands the README no longer prints"
+    for command, plan in PLAN.items():
+        if plan[0] == "part":
+            assert PLAN[plan[1]][0] == "run" and command in PLAN[plan[1]][1], f"{command!r} is not run in {plan[1]!r}"
 
 
 def test_the_first_two_commands_stay_as_they_are():
@@ -185,7 +218,19 @@ def _runnable():
         marks = [pytest.mark.slow] if plan[0] == "run" and plan[2] else []
         if plan[0] == "skip":
             marks = [pytest.mark.skip(reason=plan[1])]
+        if plan[0] == "part":
+            continue  # runs in the plan that holds it
         yield pytest.param(command, marks=marks, id=command[:60])
+
+
+def _kill_live_runs(root) -> None:
+    import signal
+
+    from core.runinfo import list_runs
+
+    for info in list_runs(str(root)):
+        if info.state == "live" and info.pid:
+            os.kill(info.pid, signal.SIGKILL)
 
 
 @pytest.mark.timeout(600)
@@ -199,8 +244,11 @@ def test_readme_command_runs(command, tiny_root, tmp_path):
                        queries_per_class=1, images_per_query=6, val_per_class=2, size=40, seed=0,
                        imagenet_per_class=1)
     shell = shell.format(root=shlex.quote(tiny_root), repo=shlex.quote(REPO), tmp=shlex.quote(str(tmp_path)))
-    proc = subprocess.run(["bash", "-c", f"set -e; {shell}"], cwd=tmp_path, env=cli_env(tmp_path),
-                          capture_output=True, text=True, timeout=540)
+    try:
+        proc = subprocess.run(["bash", "-c", f"set -e; {shell}"], cwd=tmp_path, env=cli_env(tmp_path),
+                              capture_output=True, text=True, timeout=540)
+    finally:
+        _kill_live_runs(tmp_path / "runs")  # a detached run outlives its shell when a step failed
     assert proc.returncode == 0, f"{shell}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     assert "Traceback" not in proc.stderr
     if check is not None:

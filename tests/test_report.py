@@ -42,20 +42,27 @@ def epoch_end(epoch, img_per_s):
     return EpochEnd(epoch=epoch, step=(epoch + 1) * SPE, seconds=10.0, img_per_s=img_per_s)
 
 
-def write_run(out, config, events, tail=""):
+def write_run(out, config, events, tail="", one_based=False):
+    """The helpers' events are numbered as an older wvtui wrote them (epochs from 0, no "time");
+    one_based: as the run log writes them now (epochs from 1, each line with its "time")."""
     os.makedirs(out)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f)
     with open(os.path.join(out, "metrics.jsonl"), "w") as f:
         for ev in events:
-            f.write(json.dumps(ev.to_record()) + "\n")
+            record = ev.to_record()
+            if one_based:
+                if record["event"] in ("train", "eval", "epoch"):
+                    record["epoch"] += 1
+                record["time"] = 1.7e9
+            f.write(json.dumps(record) + "\n")
         f.write(tail)
     return out
 
 
-def finished_run(out):
+def finished_run(out, one_based=False):
     """Three epochs over two processes: the first got to step 20, its checkpoint was at step 10."""
-    return write_run(out, BASE, [
+    return write_run(out, BASE, one_based=one_based, events=[
         started(BASE),
         train(10, 100.0), evaluation(0, 40.0, 70.0, imagenet=(35.0, 65.0)), epoch_end(0, 200.0),
         train(20, 200.0), evaluation(1, 90.0, 99.0, imagenet=(88.0, 98.0)), epoch_end(1, 999.0),
@@ -66,9 +73,9 @@ def finished_run(out):
     ])
 
 
-def live_run(out):
+def live_run(out, one_based=False):
     config = {**BASE, "lr": 0.05, "seed": 1, "workers": 2}
-    return write_run(out, config, [
+    return write_run(out, config, one_based=one_based, events=[
         started(config), train(10, 60.0), evaluation(0, 30.0, 60.0), epoch_end(0, 300.0), train(15, 90.0),
     ], tail='{"event": "train", "epoch": 1, "ste')  # torn by a crash mid-write
 
@@ -82,9 +89,10 @@ def rows(text):
     return table
 
 
-def test_report_on_two_runs_side_by_side(tmp_path, capsys):
-    a = finished_run(str(tmp_path / "a"))
-    b = live_run(str(tmp_path / "b"))
+@pytest.mark.parametrize("one_based", [True, False], ids=["written-now", "written-by-an-older-wvtui"])
+def test_report_on_two_runs_side_by_side(tmp_path, capsys, one_based):
+    a = finished_run(str(tmp_path / "a"), one_based)
+    b = live_run(str(tmp_path / "b"), one_based)
 
     assert main([a, b]) == 0
     out = capsys.readouterr().out
@@ -109,6 +117,16 @@ def test_report_on_two_runs_side_by_side(tmp_path, capsys):
     assert "workers" not in t and "root" not in t  # not recipe / not different
     assert "| DivideMix | 77.32 | 91.64 | 75.20 | 90.84 |" in out
     assert "227-px" in out and "ICLR 2020" in out
+
+
+def test_wall_time_of_a_resumed_run_whose_elapsed_goes_on_from_the_earlier_segment(tmp_path, capsys):
+    crashed = write_run(str(tmp_path / "crashed"), BASE, one_based=True, events=[
+        started(BASE), train(10, 100.0),
+        RunFinished(reason="stopped", epoch=1, step=10, best_acc1=0.0, best_acc5=0.0, seconds=100.0),
+        started(BASE, start_step=10, start_epoch=1, elapsed_s=100.0), train(20, 250.0),  # then it crashed
+    ])
+    assert main([crashed]) == 0
+    assert rows(capsys.readouterr().out)["wall time"] == ["4:10"]  # 100 s + 150 s, not 100 s + 250 s
 
 
 def test_report_on_a_failed_run_and_a_recorded_pid(tmp_path, capsys):

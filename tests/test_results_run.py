@@ -52,10 +52,10 @@ def test_a_run_and_its_resume_leave_one_curve_one_row_per_epoch_and_both_sets_sc
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr",
                              "imagenet_top1", "imagenet_top5"]
-    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert [r["epoch"] for r in rows] == ["1", "2"]
     assert [float(r["imagenet_top1"]) for r in rows] == pytest.approx([e["imagenet_acc1"] for e in evals])
-    assert sorted(os.listdir(os.path.join(out, "evals"))) == ["epoch_000_step_0000003.json",
-                                                              "epoch_001_step_0000006.json"]
+    assert sorted(os.listdir(os.path.join(out, "evals"))) == ["epoch_001_step_0000003.json",
+                                                              "epoch_002_step_0000006.json"]
 
     tb = tb_scalars(os.path.join(out, "tb"))
     for tag in ("train/loss", "train/lr", "train/img_per_s", "train/data_wait", "val/loss", "val/acc1",

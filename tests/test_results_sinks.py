@@ -28,7 +28,7 @@ def started(start_step=0, start_epoch=0):
 
 
 def step(s, loss, lr=0.1):
-    return StepStats(epoch=(s - 1) // SPE, step=s, epoch_step=(s - 1) % SPE + 1, steps_per_epoch=SPE,
+    return StepStats(epoch=(s - 1) // SPE + 1, step=s, epoch_step=(s - 1) % SPE + 1, steps_per_epoch=SPE,
                      total_steps=3 * SPE, loss=loss, last_loss=loss, lr=lr, img_per_s=100.0 + s,
                      data_wait=s / 100, eta_epoch_s=1.0, eta_run_s=1.0, elapsed_s=s, bad_images=0)
 
@@ -38,13 +38,14 @@ def evaluation(s, acc1, imagenet=None, manual=False, epoch=None):
     if imagenet is not None:
         extra = dict(imagenet_loss=imagenet / 10, imagenet_acc1=imagenet, imagenet_acc5=imagenet + 1,
                      imagenet_images=8)
-    return EvalResult(epoch=(s - 1) // SPE if epoch is None else epoch, step=s, loss=acc1 / 10,
+    return EvalResult(epoch=(s - 1) // SPE + 1 if epoch is None else epoch, step=s, loss=acc1 / 10,
                       acc1=acc1, acc5=acc1 + 1, best_acc1=acc1, best_acc5=acc1 + 1, manual=manual,
                       is_best=True, seconds=0.1, images=8, **extra)
 
 
 def epoch_end(e):
-    return EpochEnd(epoch=e, step=(e + 1) * SPE, seconds=1.0, img_per_s=100.0)
+    """The end of epoch e (1-based)."""
+    return EpochEnd(epoch=e, step=e * SPE, seconds=1.0, img_per_s=100.0)
 
 
 # ------------------------------------------------------------------------------ TensorBoard
@@ -66,7 +67,7 @@ def test_tensorboard_curves_continue_across_a_resume_without_duplicates(tmp_path
         first(step(s, loss=float(s)))
         if s % SPE == 0:
             first(evaluation(s, acc1=float(s), imagenet=float(s) / 2))
-            first(epoch_end(s // SPE - 1))
+            first(epoch_end(s // SPE))
     first.close()  # the process dies here: what it flushed is on disk
 
     _, seg1 = scalars(os.path.join(out, "tb"))
@@ -87,7 +88,7 @@ def test_tensorboard_curves_continue_across_a_resume_without_duplicates(tmp_path
         if s % SPE == 0:
             # the last evaluation has no ImageNet set: no imagenet point at step 30
             second(evaluation(s, acc1=500.0 + s, imagenet=300.0 + s if s < 30 else None))
-            second(epoch_end(s // SPE - 1))
+            second(epoch_end(s // SPE))
     second(RunFinished(reason="completed", epoch=3, step=30, best_acc1=530.0, best_acc5=531.0,
                        seconds=5.0))
 
@@ -139,16 +140,16 @@ def test_summary_csv_one_row_per_epoch_replaced_not_duplicated_on_resume(tmp_pat
     first(step(5, 2.0, lr=0.1))
     first(step(10, 1.0, lr=0.1))
     first(evaluation(10, 40.0, imagenet=30.0))
-    first(epoch_end(0))
+    first(epoch_end(1))
     first(step(15, 0.8))
     first(step(20, 0.4, lr=0.01))
     first(evaluation(20, 50.0, imagenet=35.0))
-    first(epoch_end(1))
+    first(epoch_end(2))
     first(step(25, 0.3))  # dies in epoch 2
 
     header, rows = read_csv(os.path.join(out, "summary.csv"))
     assert header == list(COLUMNS + IMAGENET_COLUMNS)
-    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert [r["epoch"] for r in rows] == ["1", "2"]  # counted from 1, unlike timm's file
     assert float(rows[0]["train_loss"]) == pytest.approx(1.5)
     assert float(rows[1]["train_loss"]) == pytest.approx(0.6)
     assert (float(rows[1]["eval_loss"]), float(rows[1]["eval_top1"]), float(rows[1]["eval_top5"])) \
@@ -156,29 +157,41 @@ def test_summary_csv_one_row_per_epoch_replaced_not_duplicated_on_resume(tmp_pat
     assert float(rows[1]["lr"]) == 0.01
     assert (float(rows[0]["imagenet_top1"]), float(rows[0]["imagenet_top5"])) == (30.0, 31.0)
 
-    # Resumed from a checkpoint in the middle of epoch 1 (step 13): the row of epoch 1 is redone.
+    # Resumed from a checkpoint in the middle of epoch 2 (step 13): the row of epoch 2 is redone.
     second = SummaryCsv(out)
     second(started(start_step=13, start_epoch=1))
     second(step(15, 0.5))  # a window of 2 steps (14, 15)
     second(evaluation(17, 99.0, manual=True))  # a manual evaluation does not win over the epoch's
     second(step(20, 0.3))  # 5 steps
     second(evaluation(20, 60.0, imagenet=45.0))
-    second(evaluation(20, 98.0, manual=True, epoch=1))
-    second(epoch_end(1))
+    second(evaluation(20, 98.0, manual=True, epoch=2))
+    second(epoch_end(2))
 
     header, rows = read_csv(os.path.join(out, "summary.csv"))
-    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert [r["epoch"] for r in rows] == ["1", "2"]
     assert float(rows[0]["train_loss"]) == pytest.approx(1.5) and float(rows[0]["eval_top1"]) == 40.0
     assert float(rows[1]["train_loss"]) == pytest.approx((0.5 * 2 + 0.3 * 5) / 7)
     assert float(rows[1]["eval_top1"]) == 60.0 and float(rows[1]["imagenet_top1"]) == 45.0
     assert not os.path.exists(os.path.join(out, "summary.csv.tmp"))
 
 
+def test_summary_csv_of_an_older_run_counted_from_zero_is_renumbered_on_resume(tmp_path):
+    (tmp_path / "summary.csv").write_text("epoch,train_loss,eval_loss,eval_top1,eval_top5,lr\n"
+                                          "0,1.5,4.0,40.0,41.0,0.1\n1,0.6,5.0,50.0,51.0,0.01\n")
+    sink = SummaryCsv(str(tmp_path))
+    sink(started(start_step=20, start_epoch=2))  # two epochs done
+    sink(step(30, 0.2))
+    sink(evaluation(30, 70.0))
+    sink(epoch_end(3))
+    _, rows = read_csv(os.path.join(str(tmp_path), "summary.csv"))
+    assert [(r["epoch"], r["eval_top1"]) for r in rows] == [("1", "40.0"), ("2", "50.0"), ("3", "70.0")]
+
+
 def test_summary_csv_without_imagenet_has_timms_columns_only(tmp_path):
     sink = SummaryCsv(str(tmp_path))
     sink(started())
     sink(step(10, float("nan")))
-    sink(epoch_end(0))  # the row exists before its evaluation arrives ...
+    sink(epoch_end(1))  # the row exists before its evaluation arrives ...
     sink(evaluation(10, 40.0))  # ... and is rewritten with it
     header, rows = read_csv(os.path.join(str(tmp_path), "summary.csv"))
     assert header == list(COLUMNS)
@@ -211,21 +224,21 @@ def test_eval_details_are_kept_per_evaluation_and_dropped_after_a_resume_point(t
     out = str(tmp_path)
     sink = EvalDetailsWriter(out, classes=["n1", "n2"])
     sink(started())
-    ev = EvalResult(epoch=0, step=10, loss=1.0, acc1=50.0, acc5=100.0, best_acc1=50.0, best_acc5=100.0,
+    ev = EvalResult(epoch=1, step=10, loss=1.0, acc1=50.0, acc5=100.0, best_acc1=50.0, best_acc5=100.0,
                     manual=False, is_best=True, seconds=0.1, images=4, per_class_acc1=(100.0, 0.0),
                     confusions=((1, 0, 2),), imagenet_loss=float("nan"), imagenet_acc1=25.0,
                     imagenet_acc5=100.0, imagenet_images=4, imagenet_per_class_acc1=(50.0, float("nan")),
                     imagenet_confusions=((0, 1, 1),))
     sink(ev)
     sink(evaluation(20, 60.0))
-    with open(os.path.join(out, "evals", "epoch_000_step_0000010.json")) as f:
+    with open(os.path.join(out, "evals", "epoch_001_step_0000010.json")) as f:
         record = json.load(f)
     assert record["webvision"]["per_class_acc1"] == [100.0, 0.0]
     assert record["webvision"]["confusions"] == [[1, 0, 2]]
     assert record["imagenet"]["per_class_acc1"] == [50.0, None] and record["imagenet"]["loss"] is None
     assert record["imagenet"]["confusions"] == [[0, 1, 1]] and record["classes"] == ["n1", "n2"]
-    with open(os.path.join(out, "evals", "epoch_001_step_0000020.json")) as f:
+    with open(os.path.join(out, "evals", "epoch_002_step_0000020.json")) as f:
         assert json.load(f)["imagenet"] is None
 
     EvalDetailsWriter(out)(started(start_step=12, start_epoch=1))
-    assert sorted(os.listdir(os.path.join(out, "evals"))) == ["epoch_000_step_0000010.json"]
+    assert sorted(os.listdir(os.path.join(out, "evals"))) == ["epoch_001_step_0000010.json"]

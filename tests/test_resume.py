@@ -80,7 +80,7 @@ def test_resuming_with_other_hyperparameters_applies_them_and_records_the_change
     (changed,) = again.of(ConfigChanged)
     assert changed.changes == {"lr": [0.05, 0.1], "momentum": [0.9, 0.8]} and changed.step == 4
     assert again.events.index(changed) == again.events.index(again.of(RunStarted)[0]) + 1
-    assert [s.lr for s in again.of(StepStats)] == [0.1, 0.1]  # epoch 0: before the milestone
+    assert [s.lr for s in again.of(StepStats)] == [0.1, 0.1]  # epoch 1: before the milestone
     last = load_checkpoint(os.path.join(out, "checkpoints", "last.pt"))
     assert (last["config"]["lr"], last["config"]["momentum"]) == (0.1, 0.8)
     groups = last["optimizer"]["param_groups"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 
 from core.events import (
     CheckpointSaved,
@@ -61,9 +62,14 @@ def test_each_logged_event_is_one_line_of_its_own_record(tmp_path):
         log(event)
         # Readable at once, before anything is closed: `tail -f` sees each line as it is written.
         assert len(lines(tmp_path / "metrics.jsonl")) == i + 1
+    before = time.time()
     written = [json.loads(line) for line in lines(tmp_path / "metrics.jsonl")]
+    # Each line carries the unix time it was written; readers ignore the key.
+    stamps = [r.pop("time") for r in written]
+    # Wall-clock time (it may step under NTP): near now, not ordered to the microsecond.
+    assert all(isinstance(t, float) and abs(t - before) < 60 for t in stamps)
     assert written == [e.to_record() for e in events]
-    assert [event_from_record(r) for r in written] == events
+    assert [event_from_record({**r, "time": t}) for r, t in zip(written, stamps)] == events
     assert [r["event"] for r in written] == ["started", "state", "train", "state", "eval", "epoch", "checkpoint",
                                             "warning", "error", "finished"]
     # DESIGN.md's fields of the main records.
@@ -193,3 +199,19 @@ def test_a_real_full_disk_gives_one_warning_and_every_line_stays_valid(small_dis
     log(stats(500))
     assert json.loads(lines(small_disk / "run" / "metrics.jsonl")[-1])["step"] == 500
     assert len(warnings) == 1
+
+
+def test_epoch_of_a_record_is_one_based_whoever_wrote_it():
+    from core.runlog import epoch_of
+
+    # Written now (every line has "time"): as it is.
+    assert epoch_of({"event": "train", "epoch": 1, "time": 1.0}) == 1
+    assert epoch_of({"event": "checkpoint", "reason": "manual", "epoch": 2, "time": 1.0}) == 2
+    # Written by an older wvtui (no "time"): counted from 0, except its ends of epochs and runs.
+    assert epoch_of({"event": "train", "epoch": 0}) == 1
+    assert epoch_of({"event": "eval", "epoch": 1}) == 2
+    assert epoch_of({"event": "checkpoint", "reason": "epoch", "epoch": 2}) == 2
+    assert epoch_of({"event": "finished", "reason": "completed", "epoch": 3}) == 3
+    assert epoch_of({"event": "finished", "reason": "stopped", "epoch": 0}) == 1
+    assert epoch_of({"event": "started", "start_epoch": 2}) is None
+    assert epoch_of({"event": "train", "epoch": "1"}) is None

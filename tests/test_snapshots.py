@@ -57,32 +57,34 @@ def event_stream(summary: dict) -> list:
                    model="resnet18", num_params=11_178_564, steps_per_epoch=STEPS_PER_EPOCH,
                    total_steps=STEPS_PER_EPOCH * EPOCHS, start_epoch=0, start_step=0,
                    out_dir="runs/snapshot"),
-        StateChanged(state=RunState.RUNNING, epoch=0, step=0),
+        StateChanged(state=RunState.RUNNING, epoch=1, step=0),
     ]
     best = 0.0
     for step in range(2, 2 * STEPS_PER_EPOCH + 12, 2):
-        epoch, epoch_step = divmod(step, STEPS_PER_EPOCH)
+        # 1-based epochs: a tick says the epoch in progress; the evaluation, the epoch's end and
+        # its checkpoint say the epoch just finished.
+        epoch, epoch_step = (step - 1) // STEPS_PER_EPOCH + 1, (step - 1) % STEPS_PER_EPOCH + 1
         loss = 1.4 * math.exp(-step / 25) + 0.1
         events.append(StepStats(
             epoch=epoch, step=step, epoch_step=epoch_step, steps_per_epoch=STEPS_PER_EPOCH,
             total_steps=STEPS_PER_EPOCH * EPOCHS, loss=loss, last_loss=loss + 0.15 * math.sin(step),
-            lr=0.1 if epoch < 2 else 0.01, img_per_s=512.0, data_wait=0.04,
+            lr=0.1 if epoch < 3 else 0.01, img_per_s=512.0, data_wait=0.04,
             eta_epoch_s=(STEPS_PER_EPOCH - epoch_step) * 0.5, eta_run_s=(60 - step) * 0.5,
             elapsed_s=step * 0.5, bad_images=0))
-        if epoch_step == 0:
-            acc1 = 25.0 + 30.0 * epoch
+        if epoch_step == STEPS_PER_EPOCH:
+            acc1 = 25.0 + 30.0 * (epoch - 1)
             best = max(best, acc1)
             events += [
-                EvalResult(epoch=epoch - 1, step=step, loss=loss + 0.2, acc1=acc1, acc5=100.0, best_acc1=best,
+                EvalResult(epoch=epoch, step=step, loss=loss + 0.2, acc1=acc1, acc5=100.0, best_acc1=best,
                            best_acc5=100.0, manual=False, is_best=acc1 >= best, seconds=1.5, images=16,
                            per_class_acc1=(acc1, acc1 + 10, acc1 - 10, acc1),
                            imagenet_acc1=acc1 - 5.0, imagenet_acc5=95.0, imagenet_loss=loss + 0.3, imagenet_images=16),
-                EpochEnd(epoch=epoch - 1, step=step, seconds=10.0, img_per_s=512.0),
-                CheckpointSaved(path="runs/snapshot/checkpoints/last.pt", reason="epoch", epoch=epoch - 1,
+                EpochEnd(epoch=epoch, step=step, seconds=10.0, img_per_s=512.0),
+                CheckpointSaved(path="runs/snapshot/checkpoints/last.pt", reason="epoch", epoch=epoch,
                                 step=step, seconds=0.2),
             ]
     events += [
-        EvalResult(epoch=2, step=50, loss=0.5, acc1=50.0, acc5=100.0, best_acc1=best, best_acc5=100.0,
+        EvalResult(epoch=3, step=50, loss=0.5, acc1=50.0, acc5=100.0, best_acc1=best, best_acc5=100.0,
                    manual=True, is_best=False, seconds=1.4, images=16, per_class_acc1=(50.0, 75.0, 25.0, 50.0)),
         RunWarning(kind="bad_images", message="1 unreadable image replaced",
                    paths=("google/q0003/000004.jpg",)),
@@ -161,10 +163,10 @@ def test_gpu_pane_with_two_gpus(snap_compare, index):
 # What only the log shows: a resumed run's changed settings, a pause, an evaluation that could
 # not score every image, a warning with more paths than the log lists.
 LOG_EVENTS = (
-    ConfigChanged(epoch=2, step=50, changes={"lr": [0.01, 0.005], "milestones": [[2], [1, 2]]}),
-    StateChanged(state=RunState.PAUSED, epoch=2, step=50, previous=RunState.RUNNING),
-    StateChanged(state=RunState.RUNNING, epoch=2, step=50, previous=RunState.PAUSED),
-    EvalResult(epoch=2, step=51, loss=0.5, acc1=50.0, acc5=100.0, best_acc1=55.0, best_acc5=100.0, manual=True,
+    ConfigChanged(epoch=3, step=50, changes={"lr": [0.01, 0.005], "milestones": [[2], [1, 2]]}),
+    StateChanged(state=RunState.PAUSED, epoch=3, step=50, previous=RunState.RUNNING),
+    StateChanged(state=RunState.RUNNING, epoch=3, step=50, previous=RunState.PAUSED),
+    EvalResult(epoch=3, step=51, loss=0.5, acc1=50.0, acc5=100.0, best_acc1=55.0, best_acc5=100.0, manual=True,
                is_best=False, seconds=1.4, images=14, images_total=16, per_class_acc1=(50.0, 75.0, 25.0, 50.0)),
     RunWarning(kind="bad_images", message="7 unreadable images skipped",
                paths=tuple(f"google/q0003/{i:06d}.jpg" for i in range(7))),
@@ -195,6 +197,19 @@ def test_quit_dialog(snap_compare, index):
         await feed(pilot)
         # With no trainer attached `q` exits at once, so open the dialog the way `q` does.
         await pilot.app.push_screen(QuitScreen(running=True))
+        await pilot.pause()
+
+    assert snap_compare(make_app(index), terminal_size=(80, 24), run_before=open_dialog)
+
+
+@pytest.mark.slow  # a variant of test_quit_dialog: the fast loop has that one
+def test_quit_dialog_attached(snap_compare, index):
+    """`wvtui attach`'s dialog: stopping the run is a choice, detaching (focused) the safe one."""
+    feed = run_before(index)
+
+    async def open_dialog(pilot) -> None:
+        await feed(pilot)
+        await pilot.app.push_screen(QuitScreen(running=True, attached=True))
         await pilot.pause()
 
     assert snap_compare(make_app(index), terminal_size=(80, 24), run_before=open_dialog)

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -21,10 +22,12 @@ import torch
 from core.telemetry import (
     GpuSnapshot,
     HostSnapshot,
+    IoCounters,
     Telemetry,
     TelemetrySampler,
     fmt_or_na,
     format_bytes,
+    format_rate,
 )
 
 GiB = 1024**3
@@ -418,3 +421,118 @@ def test_multiprocessing_resource_tracker_is_not_a_worker():
     assert resource_tracker._resource_tracker._pid in children
     host = TelemetrySampler(nvml=FakeNvml(count=0)).sample_host()
     assert host.workers == len(children) - 1
+
+
+class FakeIo:
+    """Cumulative disk and network counters, and the clock the sampler divides by."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.counters = IoCounters(disk_read=0, disk_written=0, net_received=0, net_sent=0)
+
+    def advance(self, seconds, **more):
+        self.now += seconds
+        self.counters = IoCounters(**{k: (None if v is None or more.get(k, 0) is None else v + more.get(k, 0))
+                                      for k, v in dataclasses.asdict(self.counters).items()})
+
+    def sampler(self):
+        return TelemetrySampler(nvml=FakeNvml(count=0), io_counters=lambda: self.counters, clock=lambda: self.now)
+
+
+def _io(host):
+    return host.disk_read_bps, host.disk_write_bps, host.net_rx_bps, host.net_tx_bps
+
+
+def test_io_rates_are_bytes_per_second_between_consecutive_samples():
+    io = FakeIo()
+    sampler = io.sampler()
+    assert _io(sampler.sample_host()) == (None,) * 4  # nothing to compare the first sample with
+    io.advance(2.0, disk_read=4 * GiB, disk_written=GiB, net_received=3000, net_sent=0)
+    assert _io(sampler.sample_host()) == (2 * GiB, GiB / 2, 1500.0, 0.0)
+    io.advance(0.5, disk_read=GiB)
+    assert _io(sampler.sample_host()) == (2 * GiB, 0.0, 0.0, 0.0)  # each rate covers its own window
+
+
+def test_a_counter_that_goes_back_or_away_is_none_not_a_negative_rate():
+    io = FakeIo()
+    sampler = io.sampler()
+    io.counters = IoCounters(disk_read=10_000, disk_written=10_000, net_received=10_000, net_sent=10_000)
+    sampler.sample_host()
+    io.now += 1.0
+    # A NIC unplugged (its bytes leave the sum), the disk counters gone (a container without them).
+    io.counters = IoCounters(net_received=4_000, net_sent=12_000)
+    assert _io(sampler.sample_host()) == (None, None, None, 2_000.0)
+    io.now += 1.0
+    io.counters = IoCounters(disk_read=5, disk_written=5, net_received=5_000, net_sent=12_000)
+    assert _io(sampler.sample_host()) == (None, None, 1_000.0, 0.0)
+
+
+def test_failing_io_counters_give_none_and_the_rest_of_the_host():
+    def broken():
+        raise psutil.AccessDenied()
+
+    sampler = TelemetrySampler(nvml=FakeNvml(count=0), io_counters=broken)
+    for _ in range(2):
+        host = sampler.sample_host()
+        assert _io(host) == (None,) * 4 and host.ram_total_bytes > 0
+
+
+def test_real_psutil_io_rates_from_the_second_sample_on():
+    sampler = TelemetrySampler(nvml=FakeNvml(count=0))
+    assert _io(sampler.sample().host) == (None,) * 4
+    with open(os.devnull, "wb") as sink:  # some time to divide by, on a coarse clock too
+        sink.write(b"\0" * 1024)
+    time.sleep(0.02)
+    host = sampler.sample().host
+    counters = psutil.disk_io_counters(), psutil.net_io_counters()
+    for rate, counter in zip(_io(host), [counters[0], counters[0], counters[1], counters[1]]):
+        if counter is not None:
+            assert isinstance(rate, float) and rate >= 0
+
+
+def test_loopback_traffic_is_not_network_io():
+    import socket
+
+    from core.telemetry import _psutil_io_counters
+
+    payload = 32 * 1024 * 1024
+    server = socket.create_server(("127.0.0.1", 0))
+    before = _psutil_io_counters()
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    received = 0
+    sender = threading.Thread(target=lambda: client.sendall(b"x" * payload))
+    sender.start()
+    while received < payload:
+        received += len(peer.recv(1 << 20))
+    sender.join()
+    for s in (client, peer, server):
+        s.close()
+    after = _psutil_io_counters()
+    if before.net_received is None:
+        pytest.skip("this platform keeps no network counters")
+    # 32 MiB went through lo; what the real interfaces did meanwhile is far less.
+    assert after.net_received - before.net_received < payload / 2
+    assert after.net_sent - before.net_sent < payload / 2
+
+
+def test_telemetry_is_plain_json_friendly_data():
+    import json
+
+    io = FakeIo()
+    sampler = TelemetrySampler(nvml=FakeNvml(), torch_cuda=FakeTorchCuda(initialized=False),
+                               io_counters=lambda: io.counters, clock=lambda: io.now)
+    sampler.sample()
+    io.advance(1.0, disk_read=1, disk_written=2, net_received=3, net_sent=4)
+    t = sampler.sample()
+    data = json.loads(json.dumps(dataclasses.asdict(t)))
+    assert data["host"]["net_tx_bps"] == 4.0 and data["gpus"][0]["power_limit_w"] == 700.0
+    rebuilt = Telemetry(**{**data, "gpus": tuple(GpuSnapshot(**g) for g in data["gpus"]),
+                           "host": HostSnapshot(**data["host"])})
+    assert rebuilt == t
+
+
+def test_format_rate():
+    assert format_rate(None) == "N/A"
+    assert format_rate(512.0) == "512 B/s"
+    assert format_rate(2.5 * 1024 * 1024) == "2.5 MiB/s"

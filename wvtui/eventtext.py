@@ -7,9 +7,10 @@ styles. The lines follow the reference training script where it has one:
     Average Loss: 1.8731 Acc@1 41.200 (Best 41.200) Acc@5 77.480
     Checkpoint (epoch) saved to runs/x/checkpoints/last.pt in 0.21s
     Paused at epoch 2, step 130
+    Learning rate set to 0.01 (was 0.1) at epoch 2, step 131
 
-Epochs are numbered from 1 here, as a person counts them; events carry the trainer's 0-based
-numbers. `duration` and `loss` are the one way the package writes those numbers.
+Epochs are numbered from 1, as a person counts them and as every event's `epoch` is: the text
+shows it as it is. `duration` and `loss` are the one way the package writes those numbers.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from core.events import (CheckpointSaved, ConfigChanged, EpochEnd, EvalResult, Event, NoiseEstimate, RunError,
-                         RunFinished, RunStarted, RunState, RunWarning, StateChanged)
+from core.events import (ALREADY_PAUSED, NOT_PAUSED, REFUSED, RUN_ENDED, SERVED_BY_EPOCH_EVAL, CheckpointSaved,
+                         CommandApplied, ConfigChanged, EpochEnd, EvalResult, Event, LearningRateSet, NoiseEstimate,
+                         RunError, RunFinished, RunStarted, RunState, RunWarning, StateChanged)
 
 Segment = tuple[str, str]  # (text, Rich style; "" for none)
 Line = tuple[Segment, ...]
@@ -74,6 +76,7 @@ def _started(ev: RunStarted) -> list[Line]:
     lines.append(((f"Run directory {ev.out_dir}: {epochs} epochs x {ev.steps_per_epoch} steps "
                    f"= {ev.total_steps} steps", ""),))
     if ev.resumed_from:
+        # start_epoch counts the epochs done: the run goes on in the next one.
         lines.append(((f"Resumed from {ev.resumed_from} at epoch {ev.start_epoch + 1}, step {ev.start_step}",
                        "green"),))
     return lines
@@ -96,9 +99,9 @@ def is_resume(event: Event) -> bool:
 
 def _state(ev: StateChanged) -> list[Line]:
     if is_pause(ev):
-        return [((f"Paused at epoch {ev.epoch + 1}, step {ev.step}", "bold yellow"),)]
+        return [((f"Paused at epoch {ev.epoch}, step {ev.step}", "bold yellow"),)]
     if is_resume(ev):
-        return [((f"Resumed at epoch {ev.epoch + 1}, step {ev.step}", "bold green"),)]
+        return [((f"Resumed at epoch {ev.epoch}, step {ev.step}", "bold green"),)]
     return []
 
 
@@ -126,16 +129,16 @@ def _eval(ev: EvalResult) -> list[Line]:
     if ev.imagenet_acc1 is not None:
         line.append((f" | ImageNet Acc@1 {ev.imagenet_acc1:.3f} Acc@5 {ev.imagenet_acc5:.3f}", "bold cyan"))
     if ev.manual:
-        line.append((f" [manual, epoch {ev.epoch + 1} step {ev.step}]", "dim"))
+        line.append((f" [manual, epoch {ev.epoch} step {ev.step}]", "dim"))
     return [tuple(line)]
 
 
 def _epoch_end(ev: EpochEnd) -> list[Line]:
-    return [((f"Epoch[{ev.epoch + 1}] done in {ev.seconds:.1f}s", "bold"),)]
+    return [((f"Epoch[{ev.epoch}] done in {ev.seconds:.1f}s", "bold"),)]
 
 
 def _noise(ev: NoiseEstimate) -> list[Line]:
-    return [((f"Noise (epoch {ev.epoch + 1}): ", "bold cyan"),
+    return [((f"Noise (epoch {ev.epoch}): ", "bold cyan"),
              (f"clean {100.0 * ev.clean_fraction:.1f}% of {ev.samples:,} samples; "
               f"means {ev.means[0]:.2f} / {ev.means[1]:.2f}", ""))]
 
@@ -157,16 +160,31 @@ def _error(ev: RunError) -> list[Line]:
 
 
 def _finished(ev: RunFinished) -> list[Line]:
-    # A completed run has counted its last epoch already; any other end is inside an epoch.
-    epoch = ev.epoch if ev.reason == "completed" else ev.epoch + 1
     line: list[Segment] = [
         (f"Finished ({ev.reason}) ", "bold"),
-        (f"at epoch {epoch}, step {ev.step} after {duration(ev.seconds)}: "
+        (f"at epoch {ev.epoch}, step {ev.step} after {duration(ev.seconds)}: "
          f"best Acc@1 {ev.best_acc1:.3f} Acc@5 {ev.best_acc5:.3f}", ""),
     ]
     if ev.checkpoint_failed:
         line.append(("; the latest checkpoint could not be written", "bold red"))
     return [tuple(line)]
+
+
+def _lr_set(ev: LearningRateSet) -> list[Line]:
+    return [(("Learning rate ", "bold cyan"),
+             (f"set to {ev.new:g} (was {ev.old:g}) at epoch {ev.epoch}, step {ev.step}", ""))]
+
+
+# The confirmations that tell something no other event does: a command that did nothing.
+_NOTES = (NOT_PAUSED, ALREADY_PAUSED, SERVED_BY_EPOCH_EVAL, RUN_ENDED)
+
+
+def _command_applied(ev: CommandApplied) -> list[Line]:
+    if ev.detail.startswith(REFUSED):
+        return [((f"Command {ev.command} ", "bold yellow"), (ev.detail, ""))]
+    if ev.detail in _NOTES:
+        return [((f"Command {ev.command}: {ev.detail}", "dim"),)]
+    return []
 
 
 _DESCRIBERS = {
@@ -180,4 +198,6 @@ _DESCRIBERS = {
     RunWarning: _warning,
     RunError: _error,
     RunFinished: _finished,
+    LearningRateSet: _lr_set,
+    CommandApplied: _command_applied,
 }

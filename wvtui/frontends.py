@@ -56,10 +56,10 @@ class Console:
 
     def __init__(self, session: Session) -> None:
         from wvtui.app import TrainingApp
+        from wvtui.transport import LocalTransport
 
         self.session = session
-        self.app = TrainingApp(trainer=session.trainer, runner=session.runner, relay=session.relay,
-                               demo=session.config.demo, index=session.index)
+        self.app = TrainingApp(transport=LocalTransport(session), demo=session.config.demo, index=session.index)
         self.log_path = os.path.join(session.trainer.out_dir, "console.log")
         self.log_file: TextIO | None = None
         self.detached = threading.Event()
@@ -93,6 +93,25 @@ class Console:
             # After a hang-up the console's own end (it may panic on the dead terminal) is no failure.
             self.failed = False
         s.wait()
+        for line in self.summary():
+            print(line, flush=True)
+
+    def summary(self) -> list[str]:
+        """What is left on the terminal once the console has gone (headless ends its log alike)."""
+        from wvtui.app import ENDED_AS, closing_summary
+
+        s, result = self.session, self.session.runner.result
+        best = self.app.best
+        if result is not None and (best is not None or result.best_acc1 > 0):
+            best = (result.best_acc1, result.best_acc5)
+        if result is None:
+            state = "crashed" if s.runner.crash is not None else "ended"
+        else:
+            state = ENDED_AS.get(result.reason, result.reason)
+        return closing_summary(state=state, out_dir=s.config.out, root=s.config.root, best=best,
+                               epoch=result.epoch if result else self.app.epoch,
+                               step=result.step if result else self.app.step, running=False,
+                               completed=result is not None and result.reason == "completed")
 
     # -- signals -----------------------------------------------------------------------------------
 
@@ -117,7 +136,7 @@ class Console:
         t.submit(Command.CHECKPOINT, reason="hangup")
         self.log_file = open(self.log_path, "a", buffering=1, encoding="utf-8")
         self.log_file.write(
-            f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} terminal hung up (SIGHUP) at epoch {t.epoch + 1}, "
+            f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} terminal hung up (SIGHUP) at epoch {t.epoch_no}, "
             f"step {t.step}: the console closed, the run continues headless ---\n"
         )
         self.session.relay.attach(HeadlessPrinter(self.log_file, rank=self.session.dist.rank,

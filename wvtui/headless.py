@@ -33,13 +33,14 @@ class HeadlessPrinter:
     def __init__(self, stream: TextIO, *, rank: int = 0, progress_interval_s: float = 10.0,
                  epochs: int = 0, current_epoch: int = -1) -> None:
         """epochs, current_epoch: for a printer attached to a run already under way (after a
-        hang-up), which will not see RunStarted."""
+        hang-up), which will not see RunStarted; current_epoch is the trainer's `epoch` (the
+        epochs done), so the epoch it is in has been announced already."""
         self.stream = stream
         self.rank = rank
         self.progress_interval_s = progress_interval_s
         self._last_progress = float("-inf")
         self._epochs = epochs
-        self._announced = current_epoch  # highest 0-based epoch announced with "Epoch[i] starting"
+        self._announced = current_epoch + 1  # the highest (1-based) epoch announced: "Epoch[N] starting"
         self._broken = False
         self._lock = threading.Lock()
 
@@ -54,9 +55,9 @@ class HeadlessPrinter:
                 self._broken = True
 
     def _announce(self, epoch: int) -> None:
-        if epoch > self._announced and (self._epochs == 0 or epoch < self._epochs):
+        if epoch > self._announced and (self._epochs == 0 or epoch <= self._epochs):
             self._announced = epoch
-            self._print(f"Epoch[{epoch + 1}] starting")
+            self._print(f"Epoch[{epoch}] starting")
 
     def __call__(self, event: Event) -> None:
         if self.rank != 0:
@@ -72,9 +73,9 @@ class HeadlessPrinter:
         for line in describe(event):
             self._print(plain(line))
         if isinstance(event, RunStarted):
-            self._announce(event.start_epoch)
+            self._announce(event.start_epoch + 1)  # start_epoch: the epochs done
         elif isinstance(event, EpochEnd):
-            self._announce(event.epoch + 1)
+            self._announce(event.epoch + 1)  # the epoch after the one that ended
 
     def _step(self, ev: StepStats) -> None:
         self._announce(ev.epoch)
@@ -84,7 +85,7 @@ class HeadlessPrinter:
             self._last_progress = now
             bad = f" | bad images {ev.bad_images}" if ev.bad_images else ""
             self._print(
-                f"[epoch {ev.epoch + 1}/{self._epochs or '?'} step {ev.epoch_step}/{ev.steps_per_epoch}"
+                f"[epoch {ev.epoch}/{self._epochs or '?'} step {ev.epoch_step}/{ev.steps_per_epoch}"
                 f" | run {ev.step}/{ev.total_steps}] {ev.img_per_s:.1f} img/s"
                 f" | data-wait {100 * ev.data_wait:.0f}%"
                 f" | ETA epoch {duration(ev.eta_epoch_s)}, run {duration(ev.eta_run_s)}"

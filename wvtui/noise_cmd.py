@@ -6,7 +6,7 @@ classes and Google queries.
     wvtui noise runs/a --csv noise.csv     # index, path, label, query, loss, predicted, clean_prob
     wvtui noise runs/a --epoch 3 --csv -   # epoch 3 (counted from 1), to stdout
 
-Reads OUT/samples/epoch_NNN.npz (NNN = the epoch counted from 0, as the trainer writes it) and
+Reads OUT/samples/epoch_NNN.npz (NNN = the epoch counted from 1, as the trainer writes it) and
 OUT/config.json, whose `root`, `num_classes` and `use_flickr` load the run's dataset for the
 paths, class names and query texts. A dataset that moved or changed costs those columns only:
 the rest comes from the npz alone, and one warning line says so.
@@ -57,7 +57,7 @@ class NoiseError(Exception):
 class EpochSamples:
     """One epoch's records, one entry per training sample seen, sorted by dataset index."""
 
-    epoch: int  # 0-based
+    epoch: int  # 1-based, as the console shows it
     path: str
     index: np.ndarray
     label: np.ndarray
@@ -79,7 +79,11 @@ class Dataset:
 
 
 def epoch_files(out: str) -> dict[int, str]:
-    """0-based epoch -> OUT/samples/epoch_NNN.npz, for every file there."""
+    """1-based epoch -> OUT/samples/epoch_NNN.npz, for every file there.
+
+    Runs of wvtui before the one epoch numbering named the first epoch's file epoch_000.npz:
+    a run directory holding that file counts from 0, and its numbers are moved up by one.
+    """
     if not os.path.exists(out):
         raise NoiseError(f"{out} does not exist")
     if not os.path.isdir(out):
@@ -100,17 +104,19 @@ def epoch_files(out: str) -> dict[int, str]:
             f"{out} holds no per-sample records ({folder}/epoch_NNN.npz): the run has not finished "
             "an epoch yet, or ran with --no-samples"
         )
+    if 0 in files:
+        files = {e + 1: path for e, path in files.items()}
     return files
 
 
 def load_samples(out: str, epoch: int | None = None) -> EpochSamples:
-    """The records of `epoch` (0-based; None: the last epoch with a file)."""
+    """The records of `epoch` (1-based; None: the last epoch with a file)."""
     files = epoch_files(out)
     if epoch is None:
         epoch = max(files)
     elif epoch not in files:
-        have = ", ".join(str(e + 1) for e in sorted(files))
-        raise NoiseError(f"--epoch {epoch + 1}: no records for that epoch in {out}/{SAMPLES_DIR} "
+        have = ", ".join(str(e) for e in sorted(files))
+        raise NoiseError(f"--epoch {epoch}: no records for that epoch in {out}/{SAMPLES_DIR} "
                          f"(epochs with records: {have})")
     path = files[epoch]
     try:
@@ -254,7 +260,7 @@ def render_summary(out: str, samples: EpochSamples, dataset: Dataset, top: int =
 
     overall = float(samples.clean_prob.mean()) if len(samples) else float("nan")
     lines = [
-        f"wvtui noise {out}: epoch {samples.epoch + 1} ({os.path.relpath(samples.path, out)}), "
+        f"wvtui noise {out}: epoch {samples.epoch} ({os.path.relpath(samples.path, out)}), "
         f"{len(samples):,} training samples, estimated clean fraction {overall:.3f}",
         "",
         "Losses and predictions are those of the training forward pass (the augmented views the "
@@ -318,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", help="run directory (--out of a run)")
     p.add_argument("--epoch", type=_epoch, metavar="N",
                    help="epoch, counted from 1 as the console shows it (default: the last one with "
-                   "records); its file is OUT/samples/epoch_NNN.npz with NNN = N - 1")
+                   "records); its file is OUT/samples/epoch_NNN.npz with NNN = N")
     p.add_argument("--csv", metavar="FILE", help="write the per-sample rows to FILE ('-': stdout) "
                    "instead of the summary")
     return p
@@ -339,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a usage error already printed as one line
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
-        samples = load_samples(args.out, None if args.epoch is None else args.epoch - 1)
+        samples = load_samples(args.out, args.epoch)
     except NoiseError as e:
         print(f"wvtui: error: {e}", file=sys.stderr)
         return EXIT_USAGE

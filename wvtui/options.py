@@ -44,6 +44,15 @@ def _positive_int(text: str) -> int:
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 EPILOG = """\
+Commands:
+  wvtui --root DIR ...            train (in the console, or headless)
+  wvtui --root DIR ... --detach   train in the background; attach later
+  wvtui attach [OUT]              the console of a live run (default: the newest under ./runs)
+  wvtui ctl OUT COMMAND           pause|resume|checkpoint|evaluate|stop|status|lr VALUE
+  wvtui ls [DIR]                  the runs under ./runs or DIR: live or how they ended
+  wvtui report OUT...             compare finished runs
+  wvtui noise OUT                 per-sample losses and clean probabilities
+
 Options left out take the reference recipe's values (the demo's, with --demo).
 
 The console is used when stdout is a terminal; --headless, or a pipe or file,
@@ -60,7 +69,8 @@ SIGINT exits at once); SIGUSR1 saves a checkpoint and goes on. A signal that
 arrives before training has started ends the run at once (nothing to save yet),
 except SIGUSR1, which then saves once training runs. In the console a hang-up
 (SSH dropped) does not stop the run: it continues headless, logging to
-OUT/console.log; run wvtui inside tmux to reattach to the console.
+OUT/console.log, and `wvtui attach OUT` brings the console back. Every run
+serves its console on OUT/control/wvtui.sock (only to its own user).
 
 Exit codes: 0 finished; 1 failed (an error, a non-finite latest loss, or a
 final checkpoint that could not be written); 2 bad arguments, dataset or
@@ -104,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="start a new run in an --out that holds an earlier run's checkpoints: they are deleted "
       "when training starts (without this flag such an --out is refused)")
     a("--headless", action="store_true", default=None, help="plain log lines instead of the console")
+    a("--detach", action="store_true",
+      help="run in the background in its own session (a dropped SSH connection does not stop it), output to "
+      "OUT/console.log; prints the run directory and the commands to attach or control it, then attaches")
+    a("--no-attach", dest="attach", action="store_false", help="with --detach: do not attach, return at once")
     a("--demo", action="store_true", help="train on a generated synthetic dataset (cached) that learns in minutes on a CPU")
     a("--compile", action="store_true", default=None, help="torch.compile the model")
     a("--imagenet-val", metavar="DIR",
@@ -125,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Flags that are CLI behaviour, not TrainConfig fields.
-_NOT_CONFIG = {"headless", "demo", "overwrite"}
+_NOT_CONFIG = {"headless", "demo", "overwrite", "detach", "attach"}
 
 
 def _default_out() -> str:
@@ -177,30 +191,45 @@ def resolve_config(args: argparse.Namespace, log: Callable[[str], None] | None =
     if "milestones" in values:
         values["milestones"] = tuple(values["milestones"])
 
-    if values.get("resume") not in (None, "auto"):
-        resume = values["resume"]
-        if not os.path.exists(resume):
-            raise UsageError(f"--resume: no such file: {resume}")
-        if os.path.isdir(resume):
-            raise UsageError(f"--resume: {resume} is a directory; give a checkpoint file, or --out {resume} --resume auto")
-        # Continue in the run directory the checkpoint belongs to, unless told otherwise.
-        values.setdefault("out", _run_dir_of(resume))
-    if values.get("resume") == "auto" and not values.get("out"):
-        raise UsageError("--resume auto needs --out DIR (the run directory to continue)")
-    if not values.get("out"):
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UsageError("--out DIR is required with several processes, so that all ranks write one run directory")
-        values["out"] = _default_out()
+    values["out"] = resolve_out(values.get("out"), values.get("resume"))
 
     cfg = TrainConfig(**values)  # ValueError -> exit 2
-    _check_out(cfg.out)
+    check_out(cfg.out)
+    check_not_live(cfg.out)
     _check_earlier_run(cfg, overwrite=bool(getattr(args, "overwrite", False)))
     _check_model(cfg.model, cfg.image_size)
     _check_device(cfg.device)
     return cfg
 
 
-def _check_out(out: str) -> None:
+def resolve_out(out: str | None, resume: str | None) -> str:
+    """The run directory: --out, else the one a --resume checkpoint belongs to, else a new
+    runs/<date-time>. Decided once: `--detach` fixes it before it starts the run."""
+    if resume not in (None, "auto"):
+        if not os.path.exists(resume):
+            raise UsageError(f"--resume: no such file: {resume}")
+        if os.path.isdir(resume):
+            raise UsageError(f"--resume: {resume} is a directory; give a checkpoint file, or --out {resume} --resume auto")
+        # Continue in the run directory the checkpoint belongs to, unless told otherwise.
+        out = out or _run_dir_of(resume)
+    if resume == "auto" and not out:
+        raise UsageError("--resume auto needs --out DIR (the run directory to continue)")
+    if not out:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("--out DIR is required with several processes, so that all ranks write one run directory")
+        out = _default_out()
+    return out
+
+
+def check_not_live(out: str) -> None:
+    """EndpointError (exit 2) naming the pid when a live wvtui serves OUT: before anything else
+    is said about the checkpoints there, which are that run's."""
+    from core.endpoint import check_free
+
+    check_free(out)
+
+
+def check_out(out: str) -> None:
     """Fail now, not at the first write minutes later; and create nothing for a run that may not start."""
     existing = os.path.abspath(out)
     while not os.path.exists(existing):

@@ -1,11 +1,9 @@
 """Commands the console has asked for and not yet seen done: the header's feedback for each,
-and which event is the trainer's report of having done it (matched by value, not by text)."""
+and which event is the trainer's report of having done it (its CommandApplied)."""
 
 from __future__ import annotations
 
-from core.events import CheckpointSaved, Command, EvalResult, Event
-
-from .eventtext import is_pause, is_resume
+from core.events import Command, CommandApplied, Event
 
 # What the header says after a key, until the trainer reports having done it.
 FEEDBACK = {
@@ -15,17 +13,13 @@ FEEDBACK = {
     Command.EVALUATE: "evaluation requested",
     Command.STOP: "stopping… (saving a checkpoint)",
     Command.STOP_NO_SAVE: "stopping… (not saving)",
+    Command.SET_LR: "learning rate change requested",
 }
 
 
-def confirms(command: Command, event: Event) -> bool:
-    """Whether `event` is the trainer's report of having done `command`."""
-    if command is Command.PAUSE:
-        return is_pause(event)
-    if command is Command.RESUME:
-        return is_resume(event)
-    if command is Command.EVALUATE:
-        return isinstance(event, EvalResult) and event.manual
-    if command is Command.CHECKPOINT:
-        return isinstance(event, CheckpointSaved) and event.reason == "manual"
-    return False
+def confirms(command: Command, event: Event, token: str | None = None) -> bool:
+    """Whether `event` is the trainer's report of having applied `command` (the one submitted
+    with `token`, when one is given)."""
+    if not isinstance(event, CommandApplied) or event.command != Command(command).value:
+        return False
+    return token is None or event.token == token

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.references import PROTOCOL_NOTE, REFERENCES
-from core.runlog import read_metrics
+from core.runlog import epoch_of, read_metrics
 from wvtui.eventtext import duration
 from wvtui.options import OneLineParser
 
@@ -86,7 +86,11 @@ def _segments_seconds(records: list[dict[str, Any]]) -> float | None:
         if r.get("event") == "started" and segment:
             finished = [x["seconds"] for x in segment
                         if x.get("event") == "finished" and _finite(x.get("seconds"))]
-            elapsed = [x["elapsed_s"] for x in segment if _finite(x.get("elapsed_s"))]
+            # A train record's elapsed_s includes the earlier segments its "started" names.
+            head = segment[0] if segment[0].get("event") == "started" else {}
+            before = head["elapsed_s"] if _finite(head.get("elapsed_s")) else 0.0
+            elapsed = [x["elapsed_s"] - before for x in segment
+                       if x.get("event") == "train" and _finite(x.get("elapsed_s"))]
             epochs = [x["seconds"] for x in segment
                       if x.get("event") == "epoch" and _finite(x.get("seconds"))]
             if finished or elapsed or epochs:
@@ -150,11 +154,11 @@ def load_run(path: str) -> RunReport:
 
     lineage = _lineage(records)
     evals = [r for r in lineage if r.get("event") == "eval"]
-    epochs = {r["epoch"]: r for r in lineage if r.get("event") == "epoch" and isinstance(r.get("epoch"), int)}
+    epochs = {epoch_of(r): r for r in lineage if r.get("event") == "epoch" and epoch_of(r) is not None}
     report = RunReport(path=path, config=config, status=_status(records, metrics_path),
-                       epochs_done=max(epochs, default=-1) + 1, wall_s=_segments_seconds(records))
+                       epochs_done=max(epochs, default=0), wall_s=_segments_seconds(records))
     for _, key in METRICS:
-        scored = [(r[key], r.get("epoch", 0) + 1) for r in evals if _finite(r.get(key))]
+        scored = [(r[key], epoch_of(r) or 1) for r in evals if _finite(r.get(key))]
         if scored:
             report.best[key] = max(scored, key=lambda x: x[0])  # the first of equal values
             report.last[key] = scored[-1]

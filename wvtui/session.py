@@ -4,29 +4,39 @@ The CLI, the tests and the benchmarks build a run the same way:
 
     session = Session(cfg, sinks=(recorder,))      # loads the index; nothing trains yet
     session.prepare()                               # data, model, --resume; raises on bad input
-    app = TrainingApp(trainer=session.trainer, runner=session.runner, relay=session.relay,
+    app = TrainingApp(transport=LocalTransport(session),   # wvtui.transport
                       index=session.index)          # or: session.relay.attach(HeadlessPrinter(...))
     result = session.run()                          # or session.start() ... session.wait()
     code, line = session.exit_status()
 
-The trainer's events go to the run log (rank 0 only), an `Outcome` (what the exit status
-needs), the extra `sinks`, then the relay (whichever front end is attached). A front end
-(`wvtui.frontends`) attaches itself with `session.front = ...`; `on_signal` is what a signal
-means for the run, given that front end.
+The trainer's events go to the run log and result files (rank 0 only), an `Outcome` (what the
+exit status needs), the run's history and its control endpoint, the extra `sinks`, then the
+relay (whichever front end is attached). A front end (`wvtui.frontends`) attaches itself with
+`session.front = ...`; `on_signal` is what a signal means for the run, given that front end.
+
+Every run serves its console (rank 0, unless `serve=False`): `session.endpoint` binds
+OUT/control/wvtui.sock at the end of prepare() and says bye once the run has ended, so
+`wvtui attach OUT` and `wvtui ctl OUT ...` reach it; `session.history` holds what the run said
+so far (earlier segments of a resumed run included) for a console that starts now.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
+import time
 from typing import Any, Callable, Iterable, Protocol
 
 from core.config import TrainConfig
 from core.distributed import DistContext
+from core.endpoint import ControlEndpoint, check_free
 from core.engine import Trainer
 from core.events import CheckpointSaved, Command, Event, RunError, RunFinished, StepStats, fanout
+from core.history import RunHistory
 from core.runlog import RunLog
+from core.telemetry_feed import TelemetryFeed
 from core.webvision import WebVisionIndex
 from wvtui.runner import Relay, TrainerRunner
 
@@ -111,6 +121,13 @@ def _result_files(cfg: TrainConfig, index: WebVisionIndex) -> list[Callable[[Eve
     return sinks
 
 
+def dataset_tables(index: WebVisionIndex) -> dict[str, Any]:
+    """What the dataset pane shows, as plain data (an attached console has no index of its own)."""
+    return {"summary": index.summary().to_dict(),
+            "classes": [c.to_dict() for c in index.class_stats()],
+            "queries": [q.to_dict() for q in index.query_stats()]}
+
+
 class Session:
     """One run: see the module docstring.
 
@@ -119,6 +136,8 @@ class Session:
     cfg.root here; DatasetError on a bad tree). dist: this process's DistContext (default: from
     torchrun's environment); it decides whether this process writes the run log.
     nonfinite_action: "pause" (console) or "stop" (headless); model_factory: for tests.
+    serve: whether this run serves the control endpoint (the main rank only, always); with it,
+    EndpointError here when another live wvtui already serves cfg.out.
     """
 
     def __init__(
@@ -131,9 +150,15 @@ class Session:
         model_factory: Any = None,
         nonfinite_action: str = "pause",
         run_log: bool = True,
+        serve: bool = True,
     ) -> None:
+        if not cfg.out:  # the trainer would pick this name itself; the history and endpoint need it now
+            cfg = dataclasses.replace(cfg, out=os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
         self.config = cfg
         self.dist = dist if dist is not None else DistContext.from_env(cfg.device)
+        serving = serve and self.dist.is_main
+        if serving:
+            check_free(cfg.out)  # before the index loads: a second run into a live OUT fails at once
         self.index = index if index is not None else WebVisionIndex.load(
             cfg.root, num_classes=cfg.num_classes, use_flickr=cfg.use_flickr)
         self.relay = Relay()
@@ -142,7 +167,16 @@ class Session:
         # RunFinished, which would land in the same metrics.jsonl.
         self.run_log = RunLog(cfg.out) if run_log and self.dist.is_main else None
         own = (self.run_log, *_result_files(cfg, self.index)) if self.run_log is not None else ()
-        self.sink = fanout(*own, self.outcome, *sinks, self.relay)
+        # Read before this segment appends to metrics.jsonl: the earlier segments' records.
+        self.history = RunHistory(cfg.out)
+        # The process's one telemetry loop, for attached consoles and the in-process one alike:
+        # two samplers would split each sample's window (rates, the CUDA peak) between them.
+        self.telemetry_feed: TelemetryFeed | None = TelemetryFeed() if serving else None
+        self.endpoint: ControlEndpoint | None = (
+            ControlEndpoint(cfg.out, self.history, self._submit_remote, warn=self._say, feed=self.telemetry_feed,
+                            dataset=lambda: dataset_tables(self.index)) if serving else None)
+        served = (self.history, self.endpoint) if self.endpoint is not None else (self.history,)
+        self.sink = fanout(*own, self.outcome, *served, *sinks, self.relay)
         # The trainer gets `dist` only when the caller gave one: otherwise it resolves the same
         # live context itself in prepare() (DistContext.from_env returns it) and, owning it,
         # shuts it down at the end of the run.
@@ -155,8 +189,19 @@ class Session:
     # -- the run ---------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Build data, model and optimizer, load --resume; raises on bad input (exit 2 in the CLI)."""
+        """Build data, model and optimizer, load --resume, then serve the control endpoint;
+        raises on bad input (exit 2 in the CLI), EndpointError when the socket cannot be served."""
         self.trainer.prepare()
+        if self.endpoint is not None:
+            self.endpoint.start()
+
+    def _say(self, message: str) -> None:
+        """The endpoint's one-line news (a client dropped), through whichever front end is on."""
+        self.front.say(message)
+
+    def _submit_remote(self, command: str, value: float | None, token: str) -> None:
+        """A client's command, already validated by the endpoint, for the next step boundary."""
+        self.trainer.submit(Command(command), value=value, token=token)
 
     def start(self) -> None:
         self.runner.start()
@@ -165,7 +210,15 @@ class Session:
         # Short joins: the main thread must come back to Python regularly to run signal handlers.
         while not self.runner.join(0.2):
             pass
+        self.close_endpoint()
         return self.runner.result
+
+    def close_endpoint(self) -> None:
+        """Bye to every attached client, socket and endpoint.json removed. Idempotent."""
+        if self.endpoint is not None:
+            result = self.runner.result
+            self.endpoint.close(result.reason if result is not None else
+                                "crashed" if self.runner.crash is not None else "run ended")
 
     def run(self) -> RunFinished | None:
         """Train to the end in the runner thread, waiting here; the RunFinished (None on a crash)."""
@@ -177,6 +230,8 @@ class Session:
         if self.runner.is_alive():
             self.trainer.submit(Command.STOP_NO_SAVE)
             self.runner.join(timeout)
+        if not self.runner.is_alive():
+            self.close_endpoint()
 
     # -- signals ---------------------------------------------------------------------------------
 

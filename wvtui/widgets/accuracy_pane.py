@@ -11,8 +11,13 @@ from textual.widgets import DataTable, Static
 from core.events import EvalResult, Event, RunStarted
 from core.references import REFERENCES
 
-from .chart import Chart
+from .chart import Chart, int_ticks, legend, set_int_xticks
 from ..eventtext import loss as fmt_loss
+
+# Distinct symbols, not colour only; the lines between evaluations are plain braille.
+ACC1 = dict(marker="●", color="green")
+ACC5 = dict(marker="▲", color="cyan")
+IMAGENET = dict(marker="◆", color="magenta")
 
 BEST = "★ best"
 # One line: the field reads a run against these (top-1, WebVision val / ILSVRC12 val). Their
@@ -26,6 +31,10 @@ def _pct(value: float | None) -> str:
 
 
 class AccuracyPane(Vertical):
+    DEFAULT_CSS = """
+    AccuracyPane #acc-legend { height: 1; padding: 0 1; }
+    """
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.evals: list[EvalResult] = []
@@ -38,19 +47,21 @@ class AccuracyPane(Vertical):
 
     def compose(self) -> ComposeResult:
         self.chart = Chart(id="acc-chart")
+        self.legend = Static(id="acc-legend")
         self.table = DataTable(id="eval-table", cursor_type="row", zebra_stripes=True)
+        yield self.legend
         yield self.chart
         yield self.table
         yield Static(REFERENCE_LINE, id="references")
 
     def on_mount(self) -> None:
         table = self.table
-        for label, key in (("epoch", "epoch"), ("step", "step"), ("loss", "loss"), ("Acc@1", "acc1"),
+        for label, key in (("epoch", "epoch"), ("step", "step"), ("val loss", "loss"), ("Acc@1", "acc1"),
                            ("Acc@5", "acc5"), ("IN Acc@1", "in1"), ("IN Acc@5", "in5"), ("kind", "kind"),
                            ("best", "best")):
             table.add_column(label, key=key)
 
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event, when: float | None = None) -> None:
         if isinstance(event, RunStarted):
             self.steps_per_epoch = event.steps_per_epoch
         elif isinstance(event, EvalResult):
@@ -62,17 +73,18 @@ class AccuracyPane(Vertical):
 
     def _x(self, ev: EvalResult) -> float:
         # Scheduled evaluations run at the end of an epoch; manual ones land mid-epoch, so the
-        # x axis is the fractional number of epochs trained when the evaluation ran.
+        # x axis is the fractional number of epochs trained when the evaluation ran (the eval
+        # of epoch 1 at 1.0).
         if self.steps_per_epoch:
             return ev.step / self.steps_per_epoch
-        return float(ev.epoch + 1)
+        return float(ev.epoch)
 
     def redraw(self) -> None:
         self.dirty = False
         table = self.table
         for ev in self._pending:
             key = f"eval-{len(table.rows)}"
-            table.add_row(str(ev.epoch + 1), f"{ev.step:,}", fmt_loss(ev.loss), f"{ev.acc1:.2f}",
+            table.add_row(str(ev.epoch), f"{ev.step:,}", fmt_loss(ev.loss), f"{ev.acc1:.2f}",
                           f"{ev.acc5:.2f}", _pct(ev.imagenet_acc1), _pct(ev.imagenet_acc5),
                           "manual" if ev.manual else "scheduled", "", key=key)
             if ev.acc1 > self._best_acc1:
@@ -88,14 +100,24 @@ class AccuracyPane(Vertical):
         self.chart_dirty = False
         plot = self.chart
         plt = plot.blank("epoch", "accuracy %")
+        entries = [(ACC1, "Acc@1"), (ACC5, "Acc@5")]
         if self.evals:
             xs = [self._x(ev) for ev in self.evals]
-            plt.plot(xs, [ev.acc1 for ev in self.evals], label="Acc@1", marker="braille", color="green")
-            plt.plot(xs, [ev.acc5 for ev in self.evals], label="Acc@5", marker="braille", color="cyan")
             imagenet = [(x, ev.imagenet_acc1) for x, ev in zip(xs, self.evals) if ev.imagenet_acc1 is not None]
+            # Drawn last, on top where points share a cell: the markers, Acc@1's above all.
+            series = [(ACC5, xs, [ev.acc5 for ev in self.evals]), (ACC1, xs, [ev.acc1 for ev in self.evals])]
             if imagenet:
-                plt.plot(*zip(*imagenet), label="ImageNet Acc@1", marker="dot", color="magenta")
+                entries.append((IMAGENET, "ImageNet Acc@1"))
+                series.insert(0, (IMAGENET, [x for x, _ in imagenet], [y for _, y in imagenet]))
+            for style, sx, sy in series:
+                plt.plot(sx, sy, marker="braille", color=style["color"])
+            for style, sx, sy in series:
+                plt.scatter(sx, sy, **style)
             plt.ylim(0, 100)
+            ticks = int_ticks(0, 100, max((plot.size.height - 3) // 2, 2))
+            plt.yticks(ticks, [str(t) for t in ticks])
+            set_int_xticks(plt, 0, max(xs), plot.columns())  # whole epochs, from the start of the run
         else:
             plt.title("no evaluation yet (press e to evaluate now)")
+        self.legend.update(legend(entries), layout=False)
         plot.replot()

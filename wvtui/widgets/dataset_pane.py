@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
 from textual.widgets import Input, Static, TabbedContent, TabPane
 
@@ -77,7 +77,46 @@ def summary_text(summary: dict[str, Any] | None) -> Text:
     return text
 
 
+class FilterInput(Input):
+    """Takes the focus only while a filter is being edited (after `/` or a click on it).
+
+    An Input that holds the focus takes every printable key, so the console's single-key
+    commands (p, c, e, q, the pane digits) would be typed into the filter: Tab never lands here,
+    and enter, esc, Tab away or leaving the pane give the keys back to the app.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.can_focus = False
+
+    def edit(self) -> None:
+        self.can_focus = True
+        self.focus()
+
+    # Textual calls each class's `_on_*` handler along the MRO (Input's and Widget's run after
+    # these): no super() calls here.
+    def _on_blur(self, event: events.Blur) -> None:
+        # The terminal losing focus blurs it too; editing resumes when the terminal gets it back.
+        if self.app.app_focus:
+            self.can_focus = False
+
+    def _on_mouse_down(self, event: events.MouseDown) -> None:
+        self.edit()
+
+    def _on_hide(self, event: events.Hide) -> None:
+        # Widget's own handler would hand the focus to a neighbour in the chain; none is clearer.
+        if self.has_focus:
+            self.screen.set_focus(None)
+
+
 class DatasetPane(Vertical):
+    DEFAULT_CSS = """
+    DatasetPane #filter-row { height: 1; }
+    DatasetPane #dataset-filter { width: 1fr; }
+    DatasetPane #filter-count { width: auto; padding: 0 1; color: $text-muted; }
+    DatasetPane #filter-count.empty { color: $warning; text-style: bold; }
+    """
+
     BINDINGS = [
         Binding("slash", "focus_filter", "Filter", tooltip="Type to filter the tables"),
         Binding("v", "next_view", "View", tooltip="Classes / queries / images per class"),
@@ -93,7 +132,9 @@ class DatasetPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(summary_text(None), id="dataset-summary")
-        yield Input(placeholder="/ filter classes and queries by text", id="dataset-filter", compact=True)
+        with Horizontal(id="filter-row"):
+            yield FilterInput(placeholder="/ filter classes and queries by text", id="dataset-filter", compact=True)
+            yield Static("", id="filter-count")
         with TabbedContent(id="dataset-views"):
             with TabPane("Classes", id="classes-view"):
                 yield FilterTable(CLASS_COLUMNS, id="class-table")
@@ -117,6 +158,7 @@ class DatasetPane(Vertical):
         self.query_one("#class-table", FilterTable).set_records(classes)
         self.query_one("#query-table", FilterTable).set_records(queries)
         self.query_one("#dataset-summary", Static).update(summary_text(summary))
+        self._show_count()
         self.dirty = True
 
     def load_summary(self, summary: dict[str, Any]) -> None:
@@ -141,6 +183,21 @@ class DatasetPane(Vertical):
         self._filter_timer = None
         for table in self.query(FilterTable):
             table.set_filter(text)
+        self._show_count()
+
+    def _active_table(self) -> FilterTable:
+        queries = self.query_one("#dataset-views", TabbedContent).active == "queries-view"
+        return self.query_one("#query-table" if queries else "#class-table", FilterTable)
+
+    @on(TabbedContent.TabActivated, "#dataset-views")
+    def _show_count(self) -> None:
+        """"n of N match" for the table on show while a filter is set: an empty table then
+        says why it is empty."""
+        table = self._active_table()
+        label = self.query_one("#filter-count", Static)
+        matching = table.match_count()
+        label.update(f"{matching:,} of {len(table.records):,} match" if table.filter_text else "")
+        label.set_class(bool(table.filter_text) and matching == 0, "empty")
 
     @on(Input.Submitted, "#dataset-filter")
     def _filter_done(self, event: Input.Submitted) -> None:
@@ -151,17 +208,17 @@ class DatasetPane(Vertical):
 
     def _focus_table(self) -> None:
         active = self.query_one("#dataset-views", TabbedContent).active
-        if active == "queries-view":
-            self.query_one("#query-table").focus()
-        else:
-            self.query_one("#class-table").focus()
+        if active in ("classes-view", "queries-view"):
+            self._active_table().focus()
+        else:  # the chart: nothing here takes keys
+            self.screen.set_focus(None)
 
     def key_escape(self) -> None:
         if isinstance(self.app.focused, Input):
             self._focus_table()
 
     def action_focus_filter(self) -> None:
-        self.query_one("#dataset-filter", Input).focus()
+        self.query_one("#dataset-filter", FilterInput).edit()
 
     def action_next_view(self) -> None:
         views = self.query_one("#dataset-views", TabbedContent)

@@ -69,6 +69,11 @@ class FilterTable(DataTable):
         self.filter_text = text.strip().lower()
         self.rebuild()
 
+    def match_count(self) -> int:
+        """How many records the filter lets through (counted whether or not the rows are built)."""
+        needle = self.filter_text
+        return sum(needle in hay for hay in self._haystacks) if needle else len(self.records)
+
     def sort_by(self, key: str, reverse: bool | None = None) -> None:
         if reverse is None:
             reverse = (not self.sort_reverse) if key == self.sort_key else False

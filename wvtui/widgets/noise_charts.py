@@ -76,7 +76,7 @@ def draw_histogram(plt, histogram: Sequence[int] | None, estimate: NoiseEstimate
     plt.xlim(0, 1)
     plt.xticks(TICKS, [f"{t:g}" for t in TICKS])
     plt.xlabel("normalised loss" + (f" (cut {cut:.2f})" if cut is not None else ""))
-    plt.title(f"epoch {estimate.epoch + 1}: losses and the 2-component fit")
+    plt.title(f"epoch {estimate.epoch}: losses and the 2-component fit")
 
 
 def draw_clean_fraction(plt, estimates: Sequence[NoiseEstimate]) -> None:
@@ -84,7 +84,7 @@ def draw_clean_fraction(plt, estimates: Sequence[NoiseEstimate]) -> None:
     if not estimates:
         plt.title("clean % per epoch")
         return
-    xs = [ev.epoch + 1 for ev in estimates]
+    xs = [ev.epoch for ev in estimates]
     ys = [100.0 * ev.clean_fraction for ev in estimates]
     plt.plot(xs, ys, marker="braille", color="green")
     plt.scatter(xs, ys, marker="dot", color="green")

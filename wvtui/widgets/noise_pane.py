@@ -25,7 +25,7 @@ from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from core.events import Event, NoiseDetails, NoiseEstimate
 
-from .chart import Chart
+from .chart import Chart, ChartGroup
 from .filter_table import Column, FilterTable
 from .image_preview import ImagePreview
 from .noise_charts import clean_cut, draw_clean_fraction, draw_histogram
@@ -71,7 +71,7 @@ def summary_text(estimate: NoiseEstimate | None) -> Text:
     if estimate is None:
         return Text(WAITING, style="dim")
     text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(f"epoch {estimate.epoch + 1}: ", style="dim")
+    text.append(f"epoch {estimate.epoch}: ", style="dim")
     text.append(f"clean {100.0 * estimate.clean_fraction:.1f}%", style="bold green")
     text.append(f" of {estimate.samples:,} samples", style="dim")
     text.append("  means ", style="dim")
@@ -123,9 +123,9 @@ class NoisePane(Vertical):
             yield self.preview
 
     @property
-    def chart(self) -> Chart:
-        """The chart whose build cost paces this pane's chart redraws (the histogram: the bigger one)."""
-        return self.histogram
+    def chart(self) -> ChartGroup:
+        """What paces this pane's chart redraws: the build cost of both its charts."""
+        return ChartGroup(self.histogram, self.clean_chart)
 
     def on_mount(self) -> None:
         for label, key in (("path", "path"), ("label", "label"), ("pred", "predicted"), ("loss", "loss"),
@@ -142,7 +142,7 @@ class NoisePane(Vertical):
 
     # -- events ------------------------------------------------------------------------------------
 
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event, when: float | None = None) -> None:
         if isinstance(event, NoiseEstimate):
             self.estimates.append(event)
             self.chart_dirty = True

@@ -1,5 +1,8 @@
-"""The quit dialog (save a checkpoint and quit, quit without saving, or cancel) and the reasons
-the console can end for."""
+"""The quit dialog and the reasons the console can end for.
+
+In the training process: save a checkpoint and quit, quit without saving, or cancel. In an
+attached console (`wvtui attach`) quitting need not end the run: stop it after a checkpoint,
+detach (the run goes on), or cancel."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from textual.widgets import Button, Label
 
 SAVE = "save"
 NO_SAVE = "no_save"
+DETACH = "detach"
 CANCEL = "cancel"
 
 
@@ -24,37 +28,48 @@ class QuitReason(str, enum.Enum):
     NOT_SAVED = "not_saved"  # the quit dialog's "don't save": stopped without a checkpoint
     INTERRUPTED = "interrupted"  # Ctrl-C, then save (a second Ctrl-C or "s"): as SAVED, by Ctrl-C
     ENDED = "ended"  # quit after the run had already ended: nothing was stopped
-    DETACHED = "detached"  # `detach()` (terminal hung up): the run goes on without the UI
+    DETACHED = "detached"  # `d`, the dialog's detach, or a hang-up: the run goes on without this UI
 
 
 class QuitScreen(ModalScreen[str]):
-    """Dismisses with SAVE, NO_SAVE or CANCEL; every choice has a key so no mouse is needed."""
+    """Dismisses with SAVE, NO_SAVE (or DETACH, attached) or CANCEL; every choice has a key so
+    no mouse is needed."""
 
     BINDINGS = [
         Binding("s,y", "choose('save')", "Save and quit"),
         Binding("n", "choose('no_save')", "Quit without saving"),
+        Binding("d", "choose('detach')", "Detach"),
         Binding("escape,c", "choose('cancel')", "Cancel"),
     ]
 
-    def __init__(self, running: bool = True) -> None:
+    def __init__(self, running: bool = True, attached: bool = False) -> None:
         super().__init__()
         self.running = running
+        self.attached = attached
 
     def compose(self) -> ComposeResult:
         with Vertical(id="quit-dialog"):
-            question = ("Quit? The trainer stops at the next step." if self.running
-                        else "Quit? The run has already ended.")
-            yield Label(question, id="quit-question")
-            yield Button("Save a checkpoint and quit (s, ctrl+c)", variant="primary", id=SAVE)
-            yield Button("Quit without saving (n)", variant="error", id=NO_SAVE)
+            if self.attached:
+                yield Label("Quit? Detaching leaves the run going.", id="quit-question")
+                yield Button("Stop the run after a checkpoint (s)", variant="warning", id=SAVE)
+                yield Button("Detach: the run goes on (d, ctrl+c)", variant="primary", id=DETACH)
+            else:
+                question = ("Quit? The trainer stops at the next step." if self.running
+                            else "Quit? The run has already ended.")
+                yield Label(question, id="quit-question")
+                yield Button("Save a checkpoint and quit (s, ctrl+c)", variant="primary", id=SAVE)
+                yield Button("Quit without saving (n)", variant="error", id=NO_SAVE)
             yield Button("Cancel (esc)", variant="default", id=CANCEL)
 
     def on_mount(self) -> None:
-        self.query_one(f"#{SAVE}", Button).focus()
+        # The safe choice has the focus: enter in an attached console must not stop a run.
+        self.query_one(f"#{DETACH if self.attached else SAVE}", Button).focus()
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id)
 
     def action_choose(self, choice: str) -> None:
-        self.dismiss(choice)
+        # A key for a choice this dialog does not offer does nothing.
+        if choice in (SAVE, CANCEL) or choice == (DETACH if self.attached else NO_SAVE):
+            self.dismiss(choice)
