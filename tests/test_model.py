@@ -29,7 +29,8 @@ def on_meta(num_classes: int) -> InceptionResNetV2:
         return InceptionResNetV2(num_classes=num_classes)
 
 
-@pytest.mark.parametrize(("num_classes", "expected"), [(50, 54_383_314), (1001, 55_845_001)])
+@pytest.mark.parametrize(("num_classes", "expected"), [(50, 54_383_314),
+                                                      pytest.param(1001, 55_845_001, marks=pytest.mark.slow)])
 def test_parameter_count_matches_the_reference(num_classes, expected):
     assert count_parameters(on_meta(num_classes)) == expected
 
@@ -161,7 +162,8 @@ def test_num_classes_must_be_positive():
         InceptionResNetV2(num_classes=0)
 
 
-@pytest.mark.parametrize("name", ["inception_resnet_v2", "inceptionresnetv2", "Inception_ResNet_V2"])
+@pytest.mark.parametrize("name", ["inception_resnet_v2", pytest.param("inceptionresnetv2", marks=pytest.mark.slow),
+                                  pytest.param("Inception_ResNet_V2", marks=pytest.mark.slow)])
 def test_build_model_our_network(name):
     with torch.device("meta"):
         m = build_model(name, 50)

@@ -216,6 +216,7 @@ async def test_selecting_a_query_lists_its_highest_loss_samples(index):
             "google/q0003/000007.jpg: 1 synthetic class 1 -> 2 synthetic class 2")
 
 
+@pytest.mark.slow  # decodes and renders a real image: the full suite
 @asyncio_test
 async def test_selecting_a_sample_shows_its_image_in_half_blocks(index):
     app = make_app(index)
@@ -328,6 +329,7 @@ def snapshot_run(index):
     return _run
 
 
+@pytest.mark.slow  # the full suite compares it; the fast loop drives the pane in its own tests
 @pytest.mark.parametrize("size", SNAPSHOT_SIZES)
 def test_noise_pane_snapshot(snap_compare, index, size):
     assert snap_compare(make_app(index), terminal_size=size, run_before=snapshot_run(index))

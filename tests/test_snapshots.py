@@ -142,20 +142,24 @@ def test_main_screen(snap_compare, index, size):
     assert snap_compare(make_app(index), terminal_size=size, run_before=run_before(index))
 
 
+@pytest.mark.slow  # the full suite compares every screen; the fast loop keeps the main one
 @pytest.mark.parametrize("size", SNAPSHOT_SIZES)
 def test_dataset_pane(snap_compare, index, size):
     assert snap_compare(make_app(index), terminal_size=size, run_before=run_before(index, "4"))
 
 
+@pytest.mark.slow  # the full suite compares every screen; the fast loop keeps the main one
 @pytest.mark.parametrize("size", SNAPSHOT_SIZES)
 def test_accuracy_pane(snap_compare, index, size):
     assert snap_compare(make_app(index), terminal_size=size, run_before=run_before(index, "2"))
 
 
+@pytest.mark.slow  # the full suite compares every screen; the fast loop keeps the main one
 def test_gpu_pane_without_gpu(snap_compare, index):
     assert snap_compare(make_app(index), terminal_size=(80, 24), run_before=run_before(index, "3"))
 
 
+@pytest.mark.slow  # the full suite compares every screen; the fast loop keeps the main one
 def test_gpu_pane_with_two_gpus(snap_compare, index):
     assert snap_compare(make_app(index, GPU_TELEMETRY), terminal_size=(80, 24), run_before=run_before(index, "3"))
 
@@ -173,10 +177,12 @@ LOG_EVENTS = (
 )
 
 
+@pytest.mark.slow  # the full suite compares every screen; the fast loop keeps the main one
 def test_event_log(snap_compare, index):
     assert snap_compare(make_app(index), terminal_size=(120, 40), run_before=run_before(index, "5", more=LOG_EVENTS))
 
 
+@pytest.mark.slow  # the full suite compares every screen; the fast loop keeps the main one
 def test_help_screen(snap_compare, index):
     """80x24, the smallest size the console is made for: every key must fit."""
     feed = run_before(index)
@@ -190,6 +196,7 @@ def test_help_screen(snap_compare, index):
     assert snap_compare(make_app(index), terminal_size=(80, 24), run_before=open_help)
 
 
+@pytest.mark.slow  # the full suite compares every screen; the fast loop keeps the main one
 def test_quit_dialog(snap_compare, index):
     feed = run_before(index)
 
@@ -202,7 +209,7 @@ def test_quit_dialog(snap_compare, index):
     assert snap_compare(make_app(index), terminal_size=(80, 24), run_before=open_dialog)
 
 
-@pytest.mark.slow  # a variant of test_quit_dialog: the fast loop has that one
+@pytest.mark.slow
 def test_quit_dialog_attached(snap_compare, index):
     """`wvtui attach`'s dialog: stopping the run is a choice, detaching (focused) the safe one."""
     feed = run_before(index)

@@ -43,10 +43,12 @@ def test_two_subscribers_share_each_sample_and_nothing_is_sampled_without_one():
         calls = sampler.calls
         time.sleep(0.3)
         assert sampler.calls == calls  # no subscriber: the loop sleeps
-        # The same objects, in the same order: one window each, not one per subscriber.
-        shared = min(len(got_a), len(got_b))
-        assert got_a[:shared] == got_b[:shared] and all(x is y for x, y in zip(got_a, got_b))
-        assert calls <= max(len(got_a), len(got_b)) + 1
+        # b subscribed after a and left after it: apart from the ends, both got the very same
+        # sample objects, one window each, not one sampler call per subscriber.
+        ids_a = [id(t) for t in got_a]
+        shared = [id(t) for t in got_b if id(t) in ids_a]
+        assert len(shared) >= len(got_b) - 1 >= 4
+        assert calls <= len(set(ids_a) | {id(t) for t in got_b}) + 1
         assert isinstance(got_a[0], Telemetry) and got_a[0].host is not None
     finally:
         feed.close()
