@@ -18,8 +18,9 @@ Target: the console costs under 3% of the steps/s.
 Attached: the run is headless and serves its control endpoint, as every run does; "0 attached"
 trains with nobody connected, "N attached" starts N real `wvtui attach OUT` processes, each on
 its own pseudo-terminal (120x40, its output drained), waits until the endpoint counts N clients,
-then trains. Each N-attached run is paired with the 0-attached run just before it. Target: N=3
-consoles cost under 1% of the steps/s. The consoles' own CPU (other processes) is printed too:
+then trains; "N socket readers" attaches N clients that read every message and draw nothing
+(the endpoint's own cost, apart from the consoles' drawing). Each is paired with the 0-attached
+run of its round. Target: N=3 consoles cost under 1% of the steps/s. The consoles' own CPU (other processes) is printed too:
 on a machine with fewer spare cores than consoles, that CPU is taken from the trainer's workers.
 """
 
@@ -47,7 +48,7 @@ if __package__ in (None, ""):  # run as `python bench/console.py`: make the repo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from bench.common import webvision_index  # noqa: E402
+from bench.common import cores, webvision_index  # noqa: E402
 from core.config import TrainConfig  # noqa: E402
 from core.events import StepStats  # noqa: E402
 from core.webvision import WebVisionIndex  # noqa: E402
@@ -143,17 +144,26 @@ def _drain(fd: int) -> None:
         pass
 
 
-def run_attached(args, root, index, out, consoles: int) -> tuple[float, float]:
-    """(steps/s with `consoles` attached, their CPU seconds per wall second, all together)."""
+# A client that reads every message and draws nothing: what the endpoint itself costs the run.
+READER = ("import sys\nfrom core.client import ControlClient\nc = ControlClient(sys.argv[1])\n"
+          "while c.recv(None) is not None:\n    pass\n")
+
+
+def run_attached(args, root, index, out, consoles: int, kind: str = "console") -> tuple[float, float]:
+    """(steps/s with `consoles` attached, their CPU seconds per wall second, all together).
+    kind: "console" (`wvtui attach` on a pty) or "reader" (a socket client that only reads)."""
     session, clock = make_session(args, root, index, out, headless=True)
     session.relay.attach(HeadlessPrinter(io.StringIO()))
     procs: list[subprocess.Popen] = []
     env = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": REPO}
     try:
         for _ in range(consoles):
-            proc, master = _spawn_console(out, env)
+            if kind == "console":
+                proc, master = _spawn_console(out, env)
+                threading.Thread(target=_drain, args=(master,), daemon=True).start()
+            else:
+                proc = subprocess.Popen([sys.executable, "-c", READER, out], env=env, stdout=subprocess.DEVNULL)
             procs.append(proc)
-            threading.Thread(target=_drain, args=(master,), daemon=True).start()
         deadline = time.monotonic() + 120
         while session.endpoint.clients < consoles:
             dead = [p.pid for p in procs if p.poll() is not None]
@@ -220,15 +230,18 @@ def measure(args: argparse.Namespace, log=print) -> dict:
             f"{args.workers} workers, device {args.device}, amp {args.amp}, report every {args.report_every} "
             f"steps / {args.report_interval_s}s; {len(index.train):,} train images")
         run_headless(args, root, index, os.path.join(tmp, "warmup"))  # first-touch costs, caches
-        headless, console, ui_load, served, attached, attached_cpu = [], [], [], [], [], []
+        headless, console, ui_load, served, attached, attached_cpu, readers = [], [], [], [], [], [], []
         for i in range(args.repeats):
             if args.attached:
                 served.append(run_attached(args, root, index, os.path.join(tmp, f"served{i}"), 0)[0])
                 steps, cpu = run_attached(args, root, index, os.path.join(tmp, f"attached{i}"), args.attached)
                 attached.append(steps)
                 attached_cpu.append(cpu)
-                log(f"  round {i + 1}: 0 attached {served[-1]:8.2f} steps/s   {args.attached} attached "
-                    f"{attached[-1]:8.2f} steps/s   consoles {100 * cpu:.1f}% of a core")
+                readers.append(run_attached(args, root, index, os.path.join(tmp, f"readers{i}"), args.attached,
+                                            kind="reader")[0])
+                log(f"  round {i + 1}: 0 attached {served[-1]:8.2f} steps/s   {args.attached} consoles "
+                    f"{attached[-1]:8.2f} steps/s (their CPU {100 * cpu:.1f}% of a core)   {args.attached} "
+                    f"socket readers {readers[-1]:8.2f} steps/s")
             headless.append(run_headless(args, root, index, os.path.join(tmp, f"headless{i}")))
             steps, load = run_console(args, root, index, os.path.join(tmp, f"console{i}"))
             console.append(steps)
@@ -242,8 +255,10 @@ def measure(args: argparse.Namespace, log=print) -> dict:
          "cost_pct": 100.0 * (1.0 - ratio), "ui_load": statistics.median(ui_load), "repeats": args.repeats}
     if args.attached:
         a_ratio = statistics.median(a / s for a, s in zip(attached, served))
+        r_ratio = statistics.median(r / s for r, s in zip(readers, served))
         m.update(served=statistics.median(served), attached=statistics.median(attached), attached_ratio=a_ratio,
                  attached_cost_pct=100.0 * (1.0 - a_ratio), attached_cpu=statistics.median(attached_cpu),
+                 readers=statistics.median(readers), readers_ratio=r_ratio, readers_cost_pct=100.0 * (1.0 - r_ratio),
                  consoles=args.attached)
     return m
 
@@ -264,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n} attached / 0 attached = {m['attached_ratio']:.3f} (median of paired rounds)  -> {n} consoles "
               f"cost {a_cost:+.1f}% throughput ({'within' if a_cost < 1.0 else 'OVER'} the 1% target); "
               f"the {n} console processes used {100 * m['attached_cpu']:.1f}% of a core together")
+        r_cost = m["readers_cost_pct"]
+        print(f"{n} socket readers / 0 attached = {m['readers_ratio']:.3f}  -> the endpoint serving {n} clients "
+              f"costs {r_cost:+.1f}% throughput ({'within' if r_cost < 1.0 else 'OVER'} the 1% target); the rest of "
+              f"the consoles' cost is their drawing, on this machine's {cores()} cores")
     return 0
 
 
