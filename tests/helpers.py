@@ -3,7 +3,9 @@ waiting for a condition, faulty models, and torch-call recorders (host reads, te
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
 import threading
 import time
@@ -161,7 +163,7 @@ def faulty(at: int, fault: str) -> Callable[[str, int], nn.Module]:
     return lambda name, num_classes: FaultyModel(num_classes, at, fault)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "", interval: float = 0.05) -> Any:
     """Poll `predicate` until it returns something truthy (returned); AssertionError naming `what`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -169,7 +171,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
         time.sleep(interval)
 
 
@@ -224,3 +226,28 @@ class TensorDevices(TorchFunctionMode):
 # size where a layout breaks first.
 SNAPSHOT_SIZES = [pytest.param((80, 24), id="80x24"),
                   pytest.param((120, 40), id="120x40", marks=pytest.mark.slow)]
+
+
+def asyncio_test(fn):
+    """Run an async test body with asyncio.run (no async pytest plugin is a dependency)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+async def pilot_until(pilot, predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """`wait_until` on a running app's loop: it yields to the app between polls (a blocking wait
+    would stop the app it waits for)."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
+        await pilot.pause(0.02)
+    return value
+
+
+def screen_lines(app) -> list[str]:
+    """The terminal as the user sees it, one string per row."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]

@@ -9,7 +9,6 @@ wait in its inbox), which is enough to see what a key asks for.
 from __future__ import annotations
 
 import asyncio
-import functools
 import io
 import threading
 import time
@@ -25,6 +24,7 @@ from core.events import (CheckpointSaved, Command, CommandApplied, ConfigChanged
 from core.telemetry import HostSnapshot, Telemetry, TelemetrySampler
 from core.webvision import ClassStats, DatasetSummary, QueryStats
 from helpers import Recorder, config, faulty
+from helpers import asyncio_test
 from helpers import one_torch_thread  # noqa: F401 - fixture
 import wvtui.app
 from wvtui.app import QuitReason, TrainingApp
@@ -40,16 +40,6 @@ TIMEOUT = 60.0
 
 FIXED_TELEMETRY = Telemetry(time=0.0, gpus=(), gpu_unavailable_reason="no NVIDIA GPU found",
                             host=HostSnapshot(None, None, None, None, None, None, None))
-
-
-def asyncio_test(fn):
-    """Run an async test body with asyncio.run (no async pytest plugin is a dependency)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
 
 
 async def until(predicate, what: str, pilot=None, timeout: float = TIMEOUT):

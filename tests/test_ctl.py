@@ -22,7 +22,8 @@ from core.events import CommandApplied, RunFinished
 from core.history import RunHistory
 from wvtui.cli import main
 from wvtui.ctl import status_of
-from wvtui_process import QUICK, Live, records, wait_until, wvtui_cli
+from helpers import wait_until
+from wvtui_process import QUICK, Live, records, wvtui_cli
 
 
 def one_error_line(err, *needles):

@@ -3,10 +3,7 @@ edited (so p, c, e, q and the pane digits reach the app), and an empty result sa
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import re
-import time
 
 import pytest
 
@@ -17,6 +14,7 @@ from wvtui.app import TrainingApp
 from wvtui.messages import TrainerEvent
 from wvtui.widgets.dataset_pane import FilterInput
 from wvtui.widgets.filter_table import FilterTable
+from helpers import asyncio_test, pilot_until as until, screen_lines
 
 TIMEOUT = 30.0
 FIXED_TELEMETRY = Telemetry(time=0.0, gpus=(), gpu_unavailable_reason="no NVIDIA GPU found",
@@ -55,27 +53,6 @@ class StubTrainer:
 
     def submit(self, command, **kwargs) -> None:
         self.submitted.append(command)
-
-
-def asyncio_test(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
-
-
-async def until(pilot, predicate, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await pilot.pause(0.02)
-    return value
-
-
-def screen_lines(app) -> list[str]:
-    """The terminal as the user sees it, one string per row."""
-    return [strip.text for strip in app.screen._compositor.render_strips()]
 
 
 def make_app() -> tuple[TrainingApp, StubTrainer]:

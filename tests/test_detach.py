@@ -13,7 +13,8 @@ import pytest
 from core.runinfo import run_info
 from wvtui.cli import main
 from wvtui.detach import child_argv
-from wvtui_process import QUICK, console, records, wait_until, wvtui_cli
+from helpers import wait_until
+from wvtui_process import QUICK, console, records, wvtui_cli
 
 
 def test_the_run_gets_the_same_flags_headless_with_out_fixed():

@@ -17,7 +17,8 @@ import pytest
 
 from core.runinfo import list_runs, run_info
 from wvtui.cli import main
-from wvtui_process import QUICK, Live, records, wait_until, wvtui_cli
+from helpers import wait_until
+from wvtui_process import QUICK, Live, records, wvtui_cli
 
 
 def write_run(out, *recs, config=True):

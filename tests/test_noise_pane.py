@@ -7,9 +7,7 @@ real JPEGs of that tree. Regenerate the snapshots with `--snapshot-update` and l
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
-import functools
 import math
 import os
 import pty
@@ -36,6 +34,7 @@ from wvtui.widgets.image_preview import image_widget_class
 from wvtui.widgets.noise_charts import clean_cut
 from wvtui.widgets.noise_pane import NO_INDEX, WAITING, NoisePane
 from helpers import SNAPSHOT_SIZES
+from helpers import asyncio_test, pilot_until as until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # textual-image's own call, not ours.
@@ -94,24 +93,6 @@ def index(synthetic_root: str) -> WebVisionIndex:
 def make_app(index: WebVisionIndex | None, **kw) -> TrainingApp:
     return TrainingApp(demo=True, telemetry=FIXED, index=index, clock=lambda: 0.0, chart_interval=0.0,
                        chart_budget=None, **kw)
-
-def asyncio_test(fn):
-    """Run an async test body with asyncio.run (no async pytest plugin is a dependency)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
-
-
-async def until(pilot, predicate, what: str, timeout: float = 30.0):
-    """Poll on the app's loop (a blocking wait would stop the app it waits for)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        await pilot.pause(0.05)
-
 
 FIXED = Telemetry(time=0.0, gpus=(), gpu_unavailable_reason="no GPU in this test",
                   host=HostSnapshot(cpu_percent=0.0, ram_used_bytes=0, ram_total_bytes=1, process_rss_bytes=0,

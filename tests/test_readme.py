@@ -102,7 +102,8 @@ DETACHED_SEQUENCE = ["wvtui ls", "wvtui ctl runs/mini checkpoint", "wvtui ctl ru
 
 def _controlled(out: str):
     def check(tmp, proc):
-        from wvtui_process import records, wait_until
+        from helpers import wait_until
+        from wvtui_process import records
 
         run = os.path.join(tmp, out)
         # ctl stop returns once the final checkpoint is written; the run's last records follow.

@@ -3,10 +3,7 @@ time span said, I/O and GPU temperature and power shown, no sampling when attach
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import re
-import time
 
 import pytest
 
@@ -14,6 +11,7 @@ import wvtui.widgets.system_pane as system_pane
 from core.telemetry import GpuSnapshot, HostSnapshot, Telemetry
 from wvtui.app import TrainingApp
 from wvtui.widgets.system_pane import SystemPane, format_span, percent_cells
+from helpers import asyncio_test, pilot_until as until, screen_lines
 
 GiB = 1024**3
 MiB = 1024**2
@@ -36,27 +34,6 @@ TWO_GPUS = Telemetry(
     gpu_unavailable_reason=None,
     host=HOST,
 )
-
-
-def asyncio_test(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
-
-
-async def until(pilot, predicate, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await pilot.pause(0.02)
-    return value
-
-
-def screen_lines(app) -> list[str]:
-    """The terminal as the user sees it, one string per row."""
-    return [strip.text for strip in app.screen._compositor.render_strips()]
 
 
 def assert_legible(lines: list[str]) -> None:

@@ -7,8 +7,6 @@ they come. The panes are hosted alone (`Host`): the whole console takes over a s
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import math
 import time
 
@@ -25,24 +23,10 @@ from wvtui.widgets.noise_charts import draw_clean_fraction
 from wvtui.widgets.noise_pane import summary_text
 from wvtui.widgets.status_line import StatusLine
 from wvtui.widgets.training_pane import TrainingPane
+from helpers import asyncio_test, pilot_until as until
 
 T0 = 1_780_000_000.0
 STEPS_PER_EPOCH = 625
-
-
-def asyncio_test(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
-
-
-async def until(pilot, predicate, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        await pilot.pause(0.02)
 
 
 class Host(App):

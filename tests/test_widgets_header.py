@@ -8,8 +8,6 @@ of its start-up time); the slow one runs the whole TrainingApp."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import time
 
 import pytest
@@ -23,6 +21,7 @@ from wvtui.app import TrainingApp
 from wvtui.frames import Frames
 from wvtui.messages import TrainerEvent
 from wvtui.widgets.status_line import Field, StatusLine, fit
+from helpers import asyncio_test, pilot_until as until
 
 FIXED_TELEMETRY = Telemetry(time=0.0, gpus=(), gpu_unavailable_reason="no NVIDIA GPU found",
                             host=HostSnapshot(None, None, None, None, None, None, None))
@@ -35,21 +34,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def asyncio_test(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
-
-
-async def until(pilot, predicate, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        await pilot.pause(0.02)
 
 
 class Console(App):

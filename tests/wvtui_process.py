@@ -42,18 +42,6 @@ def records(out, event) -> list[dict]:
     return [r for r in read_metrics(out) if r["event"] == event] if os.path.exists(path) else []
 
 
-def wait_until(predicate, timeout=60.0, interval=0.05, what=""):
-    """predicate()'s first truthy value, polled until `timeout` seconds (AssertionError then)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what or predicate}")
-        time.sleep(interval)
-
-
 def wvtui_cli(tmp_path, *args, timeout=60) -> subprocess.CompletedProcess:
     """`python -m wvtui ARGS` (a subcommand: ctl, ls, ...) run to the end, output captured."""
     return subprocess.run([sys.executable, "-m", "wvtui", *args], cwd=tmp_path, env=cli_env(tmp_path),
