@@ -186,6 +186,37 @@ def run_attached(args, root, index, out, consoles: int, kind: str = "console") -
     return clock.steps_per_s(), cpu / wall
 
 
+def sink_cost(clients: int, events: int = 3000) -> float:
+    """Seconds the trainer's thread spends per step report in the history and the endpoint
+    (their share of the run's sink), with `clients` socket readers attached in other processes."""
+    from core.endpoint import ControlEndpoint
+    from core.history import RunHistory
+
+    with tempfile.TemporaryDirectory(prefix="wvtui-sink-") as out:
+        history = RunHistory(out)
+        endpoint = ControlEndpoint(out, history, lambda *a: None)
+        endpoint.start()
+        env = {**os.environ, "PYTHONPATH": REPO}
+        procs = [subprocess.Popen([sys.executable, "-c", READER, out], env=env, stdout=subprocess.DEVNULL)
+                 for _ in range(clients)]
+        try:
+            deadline = time.monotonic() + 60
+            while endpoint.clients < clients and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ticks = [StepStats(epoch=1, step=i, epoch_step=i, steps_per_epoch=events, total_steps=events,
+                               loss=1.0, last_loss=1.0, lr=0.1, img_per_s=350.0, data_wait=0.01, eta_epoch_s=1.0,
+                               eta_run_s=1.0, elapsed_s=float(i), bad_images=0) for i in range(events)]
+            t0 = time.perf_counter()
+            for tick in ticks:
+                history(tick)
+                endpoint(tick)
+            return (time.perf_counter() - t0) / events
+        finally:
+            endpoint.close()
+            for p in procs:
+                p.wait(10)
+
+
 def _cpu(pid: int) -> float:
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system + t.children_user + t.children_system
@@ -274,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"UI thread CPU: {100 * m['ui_load']:.1f}% of one core (median), the upper bound of "
           f"what the console can take from a CPU-bound trainer")
     if args.attached:
+        idle, served = sink_cost(0), sink_cost(args.attached)
+        print(f"history + endpoint per step report, on the trainer's thread: {1e6 * idle:.0f} µs with no client, "
+              f"{1e6 * served:.0f} µs with {args.attached} socket readers; at InceptionResNetV2's ~3 steps/s and a "
+              f"report every {args.report_every} steps that is {100 * served * 3 / args.report_every:.4f}% of the "
+              f"trainer's time")
         n, a_cost = m["consoles"], m["attached_cost_pct"]
         print(f"0 attached {m['served']:8.2f} steps/s, {n} attached {m['attached']:8.2f} steps/s (medians)")
         print(f"{n} attached / 0 attached = {m['attached_ratio']:.3f} (median of paired rounds)  -> {n} consoles "
