@@ -16,8 +16,6 @@ reader thread only ever posts.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 from typing import Any
 
@@ -192,23 +190,9 @@ class SocketTransport:
         return self._ended.wait(timeout)
 
     def close(self) -> None:
-        """Detach: the reader ends and the run goes on. A plain close() of the socket would not
-        wake the reader blocked in recv() on Linux; shutting the socket down does."""
+        """Detach: the reader ends (the client's close wakes its blocked recv) and the run goes on."""
         self._closing = True
-        try:
-            dup = socket.socket(fileno=os.dup(self.client.fileno()))
-        except (OSError, ValueError):
-            dup = None
-        if dup is not None:
-            try:
-                dup.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            dup.close()
-        try:
-            self.client.close()
-        except OSError:
-            pass
+        self.client.close()
 
 
 def replay(snapshot: dict) -> tuple[list[tuple[Event, float | None]], int]:
